@@ -1,0 +1,55 @@
+# Every target sets itself up on a fresh machine: it creates .venv when missing and installs the
+# pinned dependencies (constraints.txt) it needs. Nothing here needs an API key.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed-dev
+EXTRAS := dev,proxy
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: help venv test lint typecheck unit serve bench fmt clean
+
+help:
+	@echo "make serve   run the caching proxy on $(HOST):$(PORT) (embedded store, no Redis, no key)"
+	@echo "make test    lint + mypy --strict + the whole test suite"
+	@echo "make bench   run the benchmarks in bench/ (needs ../shared/traces)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Reinstall when the dependency declarations change.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+serve: $(STAMP)
+	$(BIN)/strata serve --host $(HOST) --port $(PORT)
+
+bench: $(STAMP)
+	$(BIN)/python bench/hit_ratio.py
+	$(BIN)/python bench/engine_speed.py
+	$(BIN)/python bench/engine_memory.py
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

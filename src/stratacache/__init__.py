@@ -1,0 +1,87 @@
+"""stratacache: a layered cache for LLM applications.
+
+The public API is re-exported here; everything else is private. Importing the package is cheap: heavy
+dependencies (the HTTP stack, torch, redis-py) load only when the feature that needs them is used.
+
+>>> from stratacache import Store
+>>> store = Store(max_entries=1000)
+>>> store.set("greeting", b"hello")
+True
+>>> store.get("greeting")
+b'hello'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from stratacache.errors import (
+    ConfigError,
+    EngineError,
+    InvalidKeyError,
+    InvalidTTLError,
+    MissingExtraError,
+    NotAnIntegerError,
+    RecordError,
+    RecordFormatError,
+    RequestError,
+    SignatureError,
+    StrataError,
+    TierError,
+    TierUnavailableError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    WeigherError,
+)
+
+if TYPE_CHECKING:
+    from stratacache.engine import RemovalCause, Store, StoreStats
+
+__version__ = "0.1.0"
+
+# Public name -> the module that defines it. Resolved on first use (PEP 562) so that
+# ``import stratacache`` stays cheap however many faces the package grows.
+_LAZY = {
+    "RemovalCause": "stratacache.engine",
+    "Store": "stratacache.engine",
+    "StoreStats": "stratacache.engine",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stratacache' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "ConfigError",
+    "EngineError",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "MissingExtraError",
+    "NotAnIntegerError",
+    "RecordError",
+    "RecordFormatError",
+    "RemovalCause",
+    "RequestError",
+    "SignatureError",
+    "Store",
+    "StoreStats",
+    "StrataError",
+    "TierError",
+    "TierUnavailableError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "WeigherError",
+    "__version__",
+]
