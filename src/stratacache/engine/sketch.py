@@ -1,0 +1,125 @@
+"""A count-min sketch of 4-bit counters: TinyLFU's memory of how often keys were seen.
+
+The sketch answers "about how many times has this key been accessed recently?" for keys that are in
+the cache *and* keys that were evicted long ago, in a few bytes per cached entry. It overestimates
+(hash collisions only add), never underestimates, and forgets: after ``10 * capacity`` increments every
+counter is halved, so yesterday's hot keys fade and a shift in the workload is followed.
+
+Counters saturate at 15, as in Caffeine's 4-bit counters: frequency only has to rank a candidate against
+a victim, and a small ceiling keeps one very hot key from dominating after a reset. Each counter lives in
+its own byte of a ``bytearray`` rather than being packed two to a byte; the table is small (four rows of
+the next power of two above the capacity) and unpacked bytes keep the hot path to one index per row.
+
+Hashes are mixed with a per-sketch random seed so that an adversary who controls keys (integer keys hash
+to themselves in CPython) cannot aim collisions at the entries they want evicted.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FrequencySketch"]
+
+_M64 = (1 << 64) - 1
+_MAX_COUNT = 15
+_DEPTH = 4
+_MAX_ROW_BITS = 32  # two 64-bit hashes give four 32-bit row indexes
+# bytes.translate table that halves every counter in one C-level pass.
+_HALVE = bytes(i >> 1 for i in range(256))
+
+
+class FrequencySketch:
+    """Approximate access counts for keys, with periodic ageing.
+
+    >>> sketch = FrequencySketch(capacity=100, seed=1)
+    >>> for _ in range(3):
+    ...     sketch.increment(hash("a"))
+    >>> sketch.frequency(hash("a")) >= 3
+    True
+    >>> sketch.frequency(hash("never seen")) <= 3
+    True
+    """
+
+    __slots__ = (
+        "_additions",
+        "_capacity",
+        "_mask",
+        "_sample_size",
+        "_seed_a",
+        "_seed_b",
+        "_table",
+        "_width",
+    )
+
+    def __init__(self, capacity: int, *, seed: int = 0) -> None:
+        capacity = max(int(capacity), 16)
+        bits = min((capacity - 1).bit_length(), _MAX_ROW_BITS)
+        self._capacity = capacity
+        self._width = 1 << bits
+        self._mask = self._width - 1
+        self._table = bytearray(_DEPTH * self._width)
+        self._sample_size = 10 * capacity
+        self._additions = 0
+        # Two secret seeds: the row indexes come from CPython's tuple hash (an xxHash round in C) of
+        # (key hash, seed), which mixes every input bit into every output bit at C speed, and which
+        # an adversary cannot aim without the seeds.
+        self._seed_a = seed & _M64
+        self._seed_b = (seed * 0x9E3779B97F4A7C15 + 1) & _M64
+
+    @property
+    def capacity(self) -> int:
+        """The number of distinct keys the sketch is sized for."""
+        return self._capacity
+
+    @property
+    def sample_size(self) -> int:
+        """Increments between two halvings."""
+        return self._sample_size
+
+    def increment(self, key_hash: int) -> None:
+        """Count one more access of the key with this ``hash()``."""
+        a = hash((key_hash, self._seed_a))
+        b = hash((key_hash, self._seed_b))
+        mask = self._mask
+        width = self._width
+        table = self._table
+        # The four rows are laid end to end; each takes its index from its own 32 bits of a or b.
+        i = a & mask
+        if table[i] < _MAX_COUNT:
+            table[i] += 1
+        i = width + ((a >> 32) & mask)
+        if table[i] < _MAX_COUNT:
+            table[i] += 1
+        i = 2 * width + (b & mask)
+        if table[i] < _MAX_COUNT:
+            table[i] += 1
+        i = 3 * width + ((b >> 32) & mask)
+        if table[i] < _MAX_COUNT:
+            table[i] += 1
+        self._additions += 1
+        if self._additions >= self._sample_size:
+            self.halve()
+
+    def frequency(self, key_hash: int) -> int:
+        """The estimated recent access count of the key with this ``hash()`` (0-15)."""
+        a = hash((key_hash, self._seed_a))
+        b = hash((key_hash, self._seed_b))
+        mask = self._mask
+        width = self._width
+        table = self._table
+        return min(
+            table[a & mask],
+            table[width + ((a >> 32) & mask)],
+            table[2 * width + (b & mask)],
+            table[3 * width + ((b >> 32) & mask)],
+        )
+
+    def halve(self) -> None:
+        """Age every counter by half (TinyLFU's reset)."""
+        self._table = bytearray(self._table.translate(_HALVE))
+        # Halving also halves the additions already counted, as Caffeine does; otherwise the next
+        # reset would come twice as fast as the sample size says.
+        self._additions //= 2
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._table = bytearray(len(self._table))
+        self._additions = 0
