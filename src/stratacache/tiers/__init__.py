@@ -1,0 +1,44 @@
+"""Where cached records live: the Tier protocol, its implementations and the layered chain.
+
+* :class:`MemoryTier`: the in-process L0, on the engine's store.
+* :class:`SQLiteTier`: the embedded durable tier, one SQLite file in WAL mode.
+* :class:`TierChain`: tiers layered fastest first, read through with backfill and written through.
+
+Every tier stores :class:`TierEntry` objects whose bytes it never decodes, and passes the contract
+suite in ``tests/tiers/contract.py``. The implementations load on first use, so importing the
+protocol does not import the engine or ``sqlite3``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from stratacache.tiers.base import Clock, Tier, TierEntry
+
+if TYPE_CHECKING:
+    from stratacache.tiers.chain import TierChain
+    from stratacache.tiers.memory import MemoryTier
+    from stratacache.tiers.sqlite import SQLiteTier
+
+__all__ = ["Clock", "MemoryTier", "SQLiteTier", "Tier", "TierChain", "TierEntry"]
+
+_LAZY = {
+    "MemoryTier": "stratacache.tiers.memory",
+    "SQLiteTier": "stratacache.tiers.sqlite",
+    "TierChain": "stratacache.tiers.chain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stratacache.tiers' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,60 @@
+"""Fixtures for the tier tests: a fake wall clock, and ``tier``, one fresh tier per implementation.
+
+``tier`` is parametrised over :data:`TIER_FACTORIES`. A new implementation (the Redis tier) joins
+the contract suite by adding a factory here: an async function that receives the pytest request (to
+pull in fixtures of its own, such as a ``redis-server`` on a loopback port, with
+``request.getfixturevalue``), the fake clock and a temporary directory, and returns an empty tier
+that uses that clock. The fixture closes the tier afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from stratacache.tiers import MemoryTier, SQLiteTier, Tier, TierChain
+
+from .contract import FakeClock
+
+TierFactory = Callable[[pytest.FixtureRequest, FakeClock, Path], Awaitable[Tier]]
+
+
+async def _memory(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> Tier:
+    return MemoryTier(clock=clock)
+
+
+async def _sqlite(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> Tier:
+    return SQLiteTier(tmp_path / "cache.sqlite3", clock=clock)
+
+
+async def _memory_sqlite(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> Tier:
+    return TierChain(
+        [MemoryTier(clock=clock), SQLiteTier(tmp_path / "cache.sqlite3", clock=clock)],
+        clock=clock,
+    )
+
+
+TIER_FACTORIES: dict[str, TierFactory] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "memory+sqlite": _memory_sqlite,
+}
+"""Every tier implementation the contract suite runs against, by test id."""
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A wall clock at :data:`~tests.tiers.contract.START` that moves only when advanced."""
+    return FakeClock()
+
+
+@pytest.fixture(params=list(TIER_FACTORIES))
+async def tier(
+    request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
+) -> AsyncIterator[Tier]:
+    """A fresh, empty tier of each kind, on the fake ``clock``; closed afterwards."""
+    made = await TIER_FACTORIES[request.param](request, clock, tmp_path)
+    yield made
+    await made.close()
