@@ -1,0 +1,108 @@
+"""The LLM cache's sans-IO core: request keys, admission policy, signed records, streams.
+
+Everything here takes values and returns values; the orchestration that talks to tiers and the
+upstream lives in ``stratacache.llm.cache`` (imported on its own, not from here, so this package
+stays cheap to import).
+"""
+
+from __future__ import annotations
+
+from stratacache.llm.keys import (
+    KEY_SCHEME,
+    MAX_NAMESPACE_CHARS,
+    TRANSPORT_FIELDS,
+    CacheKey,
+    Route,
+    canonical_json,
+    embedding_input_key,
+    final_user_turn,
+    request_key,
+    tenant_for,
+    validate_namespace,
+)
+from stratacache.llm.policy import (
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    AdmissionMode,
+    Decision,
+    Directives,
+    decide,
+    is_deterministic,
+    parse_directives,
+    storable,
+)
+from stratacache.llm.records import (
+    FORMAT_VERSION,
+    KEY_BYTES,
+    Ed25519Signer,
+    HmacSigner,
+    MLDSASigner,
+    Record,
+    RecordCodec,
+    Signer,
+    flat_usage,
+    load_or_create_key,
+    mldsa_available,
+)
+from stratacache.llm.streams import (
+    DEFAULT_MAX_EVENT_BYTES,
+    DONE,
+    SSEDecoder,
+    SSEEvent,
+    assemble_chat,
+    assemble_completion,
+    assemble_response,
+    chat_chunks,
+    completion_chunks,
+    encode_event,
+    load_payloads,
+    response_events,
+    sse_frames,
+)
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DONE",
+    "FORMAT_VERSION",
+    "KEY_BYTES",
+    "KEY_SCHEME",
+    "MAX_NAMESPACE_CHARS",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
+    "TRANSPORT_FIELDS",
+    "AdmissionMode",
+    "CacheKey",
+    "Decision",
+    "Directives",
+    "Ed25519Signer",
+    "HmacSigner",
+    "MLDSASigner",
+    "Record",
+    "RecordCodec",
+    "Route",
+    "SSEDecoder",
+    "SSEEvent",
+    "Signer",
+    "assemble_chat",
+    "assemble_completion",
+    "assemble_response",
+    "canonical_json",
+    "chat_chunks",
+    "completion_chunks",
+    "decide",
+    "embedding_input_key",
+    "encode_event",
+    "final_user_turn",
+    "flat_usage",
+    "is_deterministic",
+    "load_or_create_key",
+    "load_payloads",
+    "mldsa_available",
+    "parse_directives",
+    "request_key",
+    "response_events",
+    "sse_frames",
+    "storable",
+    "tenant_for",
+    "validate_namespace",
+]
