@@ -52,6 +52,11 @@ from stratacache.errors import (
     WeigherError,
 )
 
+try:  # the compiled accelerator is optional; the pure-Python classes below are the reference
+    from stratacache.engine import _accel
+except ImportError:  # pragma: no cover - exercised on machines without a C compiler
+    _accel = None  # type: ignore[assignment]
+
 __all__ = ["Key", "PolicyState", "RemovalCause", "Store", "StoreStats", "default_weigher"]
 
 logger = logging.getLogger("stratacache.engine")
@@ -176,6 +181,8 @@ class Store:
     :param on_evict: called as ``on_evict(key, value, cause)`` after the store removes an entry on its
         own (size, rejection, expiry), never for ``delete``, overwrites or ``clear``.
     :param rng: the randomness of admission (default: a fresh ``random.Random``); seed it to replay.
+    :param accelerate: use the compiled accelerator (``stratacache.engine._accel``) when it was built
+        at install time; ``False`` runs the pure-Python reference implementation.
 
     With neither limit the store never evicts and only expires.
 
@@ -195,6 +202,7 @@ class Store:
         *,
         on_evict: EvictionListener | None = None,
         rng: random.Random | None = None,
+        accelerate: bool = True,
     ) -> None:
         for name, limit in (("max_entries", max_entries), ("max_bytes", max_bytes)):
             if limit is not None and (
@@ -234,13 +242,40 @@ class Store:
         self._protected_weight = 0
         self._policy_weight = 0
         self._bytes = 0
-        self._sketch = FrequencySketch(max_entries or 256, seed=self._rng.getrandbits(64))
+        compiled = accelerate and _accel is not None
+        self._new_entry: Callable[[Key, Any, int, float], _Entry] = (
+            _accel.Entry if compiled else _Entry  # type: ignore[assignment]
+        )
+        self._new_sketch: Callable[..., FrequencySketch] = (
+            _accel.Sketch if compiled else FrequencySketch  # type: ignore[assignment]
+        )
+        self._sketch = self._new_sketch(max_entries or 256, seed=self._rng.getrandbits(64))
 
         self._hits = 0
         self._misses = 0
         self._evictions = 0
         self._rejections = 0
         self._expirations = 0
+
+        self._read_path: Any = None
+        if compiled:
+            # The compiled hit path shadows the method below on this instance; both behave alike
+            # (the same tests run against each), the compiled one without the interpreter's overhead.
+            self._read_path = _accel.ReadPath(
+                data=self._data,
+                reads=self._reads,
+                clock=self._clock,
+                on_expired=self._expire_entry,
+                on_full=self._drain_full_buffer,
+                invalid_key=InvalidKeyError,
+                limit=_READ_BUFFER,
+            )
+            self.__dict__["get"] = self._read_path
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether this store runs on the compiled accelerator."""
+        return self._read_path is not None
 
     # ------------------------------------------------------------------ reads
 
@@ -302,7 +337,7 @@ class Store:
             self._drain_reads()
             return StoreStats(
                 hits=self._hits,
-                misses=self._misses,
+                misses=self._misses + (self._read_path.misses if self._read_path else 0),
                 evictions=self._evictions,
                 rejections=self._rejections,
                 expirations=self._expirations,
@@ -471,7 +506,7 @@ class Store:
         if entry is None:
             if self._bounded:
                 self._adapt_window(key, units)
-            entry = _Entry(key, value, weight, expires)
+            entry = self._new_entry(key, value, weight, expires)
             self._data[key] = entry
             self._window[key] = entry
             self._window_weight += units
@@ -501,7 +536,7 @@ class Store:
             if self._max_entries is None and self._sketch.capacity < len(self._data):
                 # A byte-bounded store learns its entry count as it fills; Caffeine grows its sketch
                 # the same way. The counts restart, which costs a little accuracy once per doubling.
-                self._sketch = FrequencySketch(2 * len(self._data), seed=self._rng.getrandbits(64))
+                self._sketch = self._new_sketch(2 * len(self._data), seed=self._rng.getrandbits(64))
         now = self._clock()
         if now >= self._next_reap:
             self._reap_locked(now, removed, exact=False)
