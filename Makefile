@@ -9,7 +9,7 @@ EXTRAS := dev,proxy
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: help venv test lint typecheck unit serve bench fmt clean
+.PHONY: help venv test lint typecheck unit serve bench fmt clean system-deps
 
 help:
 	@echo "make serve   run the caching proxy on $(HOST):$(PORT) (embedded store, no Redis, no key)"
@@ -27,6 +27,14 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 venv: $(STAMP)
 
+# Servers the integration tests start for themselves (on free loopback ports, stopped by pid):
+# Debian's redis-server. Installed only when missing; needs root, as on CI and the dev machines.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (Debian package) for the integration tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	}
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -34,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit

@@ -1,0 +1,1504 @@
+"""LLMCache: the orchestration shared by the proxy and the library: lookup, coalescing, store.
+
+One request goes through these steps, in this order::
+
+    parse the cache controls (headers, body["cache"])  ->  tenant from the caller's credential
+    ->  exact key  ->  admission decision (may we read? may we write?)
+    ->  look up in the tier chain; decode and verify the record (a record that fails is a miss,
+        is deleted and is counted); honour max-age; fresh -> HIT, stale -> STALE or miss
+    ->  miss: join an identical request already in flight (COALESCED) or start one (MISS / BYPASS)
+    ->  the upstream call runs in its own task; every client reads it as it arrives (a stream is
+        teed chunk by chunk, so the first token is not delayed)
+    ->  after the terminal event, and only if the decision and ``storable`` allow: sign, write
+        through every tier.
+
+A hit replays what was recorded: the stored body, or the stored SSE payloads with pacing off. The
+two shapes convert: a plain request served from a streamed record gets the assembled body, a
+streamed request served from a plain record gets the synthesised chunks (see ``llm.streams``).
+
+Usage in streams. When a streamed answer may be stored or shared, the upstream request asks for
+``stream_options.include_usage`` even if the client did not, so every record carries token counts
+(for the "tokens saved" metric, and so a later client that does ask for usage gets it). A client
+that did not ask gets the stream it would have got: the usage-only chunk and the ``"usage": null``
+members are removed from its copy. ``stream_usage=False`` turns this off for providers that reject
+``stream_options``.
+
+Embeddings are cached per input item: a batch with one new text sends only that text upstream, and
+the response is reassembled in the original order. The usage of a batch is attributed to its items
+in proportion to their length (exact for an item fetched alone or given as token ids), and the usage
+of a response is the sum over its items.
+
+Stale answers, off by default, per route (:class:`RoutePolicy`): within ``stale_while_revalidate``
+seconds after expiry a stale record is served (``STALE``) while one background request refreshes it;
+within ``stale_if_error`` seconds it is served only when the upstream fails (no response, or 5xx).
+
+Errors. An upstream that cannot be reached or times out gives an OpenAI-style error (502 / 504);
+an upstream error status is passed to the client as it came (wrapped in the OpenAI error shape if
+it was not already). Neither is ever stored. A stream that breaks off ends with an error event,
+which the OpenAI SDK raises as ``APIError``, and is not stored.
+
+Everything here is transport-agnostic: the upstream is any :class:`Upstream`, the result an
+:class:`LLMResponse` the shell turns into HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+from stratacache.errors import (
+    ConfigError,
+    RecordError,
+    RequestError,
+    SignatureError,
+    TierError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from stratacache.llm.coalesce import Flight
+from stratacache.llm.keys import CacheKey, Route, embedding_input_key, request_key, tenant_for
+from stratacache.llm.policy import (
+    AdmissionMode,
+    Decision,
+    Directives,
+    decide,
+    parse_directives,
+    storable,
+)
+from stratacache.llm.records import Record, RecordCodec, flat_usage
+from stratacache.llm.streams import (
+    DEFAULT_MAX_EVENT_BYTES,
+    DONE,
+    SSEDecoder,
+    assemble_chat,
+    assemble_completion,
+    assemble_response,
+    chat_chunks,
+    completion_chunks,
+    encode_event,
+    load_payloads,
+    response_events,
+    sse_frames,
+)
+from stratacache.tiers.base import Clock, TierEntry
+from stratacache.tiers.chain import TierChain
+
+__all__ = [
+    "CacheObserver",
+    "CacheStatus",
+    "LLMCache",
+    "LLMRequest",
+    "LLMResponse",
+    "RoutePolicy",
+    "Upstream",
+    "UpstreamReply",
+    "derive_tenant_secret",
+    "error_body",
+    "route_path",
+]
+
+logger = logging.getLogger("stratacache.llm.cache")
+
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+
+_MAX_ERROR_BODY = 1 << 20  # an upstream error body longer than this is cut (it is for humans)
+_MAX_KEYS_IN_HEADER = 16  # an embeddings batch lists its item keys in X-Cache-Key up to this many
+_USAGE_STREAM_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS})
+_TERMINAL_RESPONSE_EVENTS = frozenset(
+    {"response.completed", "response.incomplete", "response.failed"}
+)
+
+
+def _orjson() -> Any:
+    from stratacache.llm.keys import _orjson as load
+
+    return load()
+
+
+# --- public value types -------------------------------------------------------------------------
+
+
+class CacheStatus(StrEnum):
+    """How a request was answered; sent to the client as ``X-Cache``."""
+
+    HIT = "HIT"
+    """From the cache, fresh."""
+    MISS = "MISS"
+    """The cache was read and had no usable answer; the upstream answered."""
+    BYPASS = "BYPASS"
+    """The cache was not read (not cacheable, ``no-cache``, or the route's mode is ``never``)."""
+    STALE = "STALE"
+    """From the cache, past its expiry (stale-while-revalidate, or stale-if-error)."""
+    COALESCED = "COALESCED"
+    """From an identical request already in flight: one upstream call answered both."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """How one route is cached."""
+
+    mode: AdmissionMode = AdmissionMode.DETERMINISTIC
+    """Which requests are cached (see :class:`~stratacache.llm.policy.AdmissionMode`)."""
+    ttl: float | None = None
+    """Seconds a stored answer stays fresh; ``None``: until evicted. ``X-Cache-TTL`` overrides."""
+    stale_while_revalidate: float = 0.0
+    """Seconds after expiry during which a stale answer is served while it is refreshed."""
+    stale_if_error: float = 0.0
+    """Seconds after expiry during which a stale answer is served if the upstream fails."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, AdmissionMode):
+            raise ConfigError(f"mode must be an AdmissionMode, got {self.mode!r}")
+        if self.ttl is not None and not _positive(self.ttl):
+            raise ConfigError(f"ttl must be a number of seconds > 0 or None, got {self.ttl!r}")
+        for name in ("stale_while_revalidate", "stale_if_error"):
+            value = getattr(self, name)
+            if not _non_negative(value):
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+    @property
+    def stale_window(self) -> float:
+        """How long past expiry a record must be kept to serve it stale."""
+        return max(self.stale_while_revalidate, self.stale_if_error)
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    """One request to a cached route, as the shell received it."""
+
+    route: Route
+    """The endpoint."""
+    body: Mapping[str, Any]
+    """The parsed JSON body (may hold a ``cache`` control object)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The client's headers: cache controls and the credential are read from them."""
+    forward_headers: Mapping[str, str] | None = None
+    """The headers to send upstream; ``None``: only the client's ``Authorization``."""
+    raw: bytes | None = None
+    """The body bytes as received: forwarded unchanged when the cache did not alter the body."""
+
+
+@dataclass(frozen=True, slots=True)
+class LLMResponse:
+    """The answer to one request, ready for a shell to send: exactly one of body and stream."""
+
+    status: int
+    """The HTTP status."""
+    cache: CacheStatus
+    """How it was answered."""
+    media_type: str = JSON
+    """``application/json`` or ``text/event-stream``."""
+    body: bytes | None = None
+    """The whole body."""
+    stream: AsyncIterator[bytes] | None = None
+    """The body as it is produced (a live stream); iterate it to the end or close it."""
+    key: str | None = None
+    """The storage key (``X-Cache-Key``); for an embeddings batch, its distinct item keys joined
+    by commas (omitted beyond 16 items)."""
+    age: int | None = None
+    """Seconds since the answer was recorded, for answers from the cache (``Age``)."""
+    tier: str | None = None
+    """The tier that served a hit (``X-Cache-Tier``)."""
+    upstream_headers: Mapping[str, str] = field(default_factory=dict)
+    """The upstream's response headers, when the upstream answered (unfiltered)."""
+
+    @property
+    def cache_headers(self) -> dict[str, str]:
+        """``X-Cache``, ``X-Cache-Key``, ``Age`` and ``X-Cache-Tier``, as they apply."""
+        headers = {"x-cache": self.cache.value}
+        if self.key:
+            headers["x-cache-key"] = self.key
+        if self.age is not None:
+            headers["age"] = str(self.age)
+        if self.tier:
+            headers["x-cache-tier"] = self.tier
+        return headers
+
+
+@runtime_checkable
+class UpstreamReply(Protocol):
+    """A provider's response whose body is read as it arrives."""
+
+    @property
+    def status(self) -> int:
+        """The HTTP status."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers (case-insensitive look-ups)."""
+        ...
+
+    def iter_bytes(self) -> AsyncIterator[bytes]:
+        """The decoded body as it arrives; raises :class:`UpstreamError` if it breaks off."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole decoded body."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class Upstream(Protocol):
+    """An OpenAI-compatible provider.
+
+    Transport failures raise :class:`UpstreamError`; error statuses are returned as replies.
+    """
+
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> UpstreamReply:
+        """POST JSON ``body`` to ``path`` (``/chat/completions``); return at the headers."""
+        ...
+
+
+class CacheObserver(Protocol):
+    """What the cache reports, for metrics (``observability.metrics.Metrics`` implements it)."""
+
+    def request_served(self, route: str, outcome: str, tier: str | None, seconds: float) -> None:
+        """A request was answered: outcome is the lower-case :class:`CacheStatus`."""
+        ...
+
+    def tokens_saved(self, route: str, model: str | None, usage: Mapping[str, int] | None) -> None:
+        """Tokens answered without an upstream call of their own."""
+        ...
+
+    def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
+        """An upstream call got its headers (or failed: ``status`` None, ``error`` says how)."""
+        ...
+
+    def request_coalesced(self, route: str) -> None:
+        """A request joined an identical one in flight."""
+        ...
+
+    def verification_failed(self, tier: str, reason: str) -> None:
+        """A stored record failed to decode or verify, and was deleted."""
+        ...
+
+    def not_stored(self, route: str, reason: str) -> None:
+        """An upstream answer was not stored, and why."""
+        ...
+
+
+class _NullObserver:
+    def request_served(self, route: str, outcome: str, tier: str | None, seconds: float) -> None:
+        pass
+
+    def tokens_saved(self, route: str, model: str | None, usage: Mapping[str, int] | None) -> None:
+        pass
+
+    def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
+        pass
+
+    def request_coalesced(self, route: str) -> None:
+        pass
+
+    def verification_failed(self, tier: str, reason: str) -> None:
+        pass
+
+    def not_stored(self, route: str, reason: str) -> None:
+        pass
+
+
+def route_path(route: Route) -> str:
+    """The path of ``route`` relative to an OpenAI base URL: ``/chat/completions``.
+
+    >>> route_path(Route.CHAT)
+    '/chat/completions'
+    """
+    return "/" + route.value.replace(".", "/")
+
+
+def error_body(message: str, *, type: str, code: str | int | None = None) -> bytes:
+    """An OpenAI-style error body: ``{"error": {"message", "type", "param", "code"}}``.
+
+    >>> error_body("no", type="invalid_request_error", code="bad")
+    b'{"error":{"message":"no","type":"invalid_request_error","param":null,"code":"bad"}}'
+    """
+    payload = {"error": {"message": message, "type": type, "param": None, "code": code}}
+    body: bytes = _orjson().dumps(payload)
+    return body
+
+
+def derive_tenant_secret(key: bytes) -> bytes:
+    """Derive the secret tenant ids are computed with from the record key (domain separated).
+
+    One key file then serves both purposes without using the same key for two things.
+    """
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise ConfigError("the key to derive a tenant secret from must be at least 16 bytes")
+    return hmac.new(key, b"stratacache tenant secret v1", hashlib.sha256).digest()
+
+
+# --- internals: lookups and contexts ------------------------------------------------------------
+
+
+class _Freshness(Enum):
+    FRESH = "fresh"
+    REVALIDATE = "revalidate"  # stale, within stale-while-revalidate
+    IF_ERROR = "if-error"  # stale, within stale-if-error only
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    record: Record
+    tier: str
+    freshness: _Freshness
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """Everything about one request that the miss path needs."""
+
+    route: Route
+    policy: RoutePolicy
+    body: dict[str, Any]  # without the cache member
+    directives: Directives
+    decision: Decision
+    key: CacheKey
+    stream: bool
+    want_usage: bool
+    upstream_body: bytes
+    upstream_headers: Mapping[str, str]
+    started: float
+
+
+class _ItemFailureError(Exception):
+    """An embeddings batch failed upstream; carries the response every waiter should give."""
+
+    def __init__(self, response: LLMResponse) -> None:
+        super().__init__(f"upstream answered {response.status}")
+        self.response = response
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One embedding, from the cache or fresh."""
+
+    embedding: Any
+    tokens: int
+    model: str
+    age: float | None = None
+    tier: str | None = None
+
+
+# --- the cache ----------------------------------------------------------------------------------
+
+
+class LLMCache:
+    """The exact LLM cache: tiers for storage, a codec for trust, an upstream for misses.
+
+    :param tiers: where records live, fastest first.
+    :param codec: signs records on write and verifies them on read.
+    :param upstream: the provider, called on a miss.
+    :param tenant_secret: the secret tenant ids are derived with (:func:`derive_tenant_secret`).
+    :param share_across_tenants: let every credential share one set of entries.
+    :param routes: a :class:`RoutePolicy` per route; routes not given get the default policy.
+    :param version: mixed into every key; change it to stop matching older answers.
+    :param observer: receives the metrics events (default: none).
+    :param clock: wall-clock Unix seconds for record times and expiry (tests pass a fake; the tiers
+        should share it).
+    :param timer: a monotonic clock for latencies.
+    :param stream_usage: ask for usage in streams that may be stored or shared (see the module doc).
+    :param max_event_bytes: the largest upstream SSE event accepted.
+    """
+
+    def __init__(
+        self,
+        tiers: TierChain,
+        codec: RecordCodec,
+        upstream: Upstream,
+        *,
+        tenant_secret: bytes,
+        share_across_tenants: bool = False,
+        routes: Mapping[Route, RoutePolicy] | None = None,
+        version: str = "",
+        observer: CacheObserver | None = None,
+        clock: Clock = time.time,
+        timer: Callable[[], float] = time.perf_counter,
+        stream_usage: bool = True,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        if not isinstance(tiers, TierChain):
+            raise ConfigError("tiers must be a TierChain (wrap a single tier: TierChain([tier]))")
+        if not isinstance(codec, RecordCodec):
+            raise ConfigError("codec must be a RecordCodec")
+        tenant_for(None, secret=tenant_secret)  # validates the secret now, not on the first request
+        self.tiers = tiers
+        self.codec = codec
+        self.upstream = upstream
+        self._tenant_secret = tenant_secret
+        self._share = share_across_tenants
+        policies = {route: RoutePolicy() for route in Route}
+        for route, policy in (routes or {}).items():
+            if not isinstance(policy, RoutePolicy):
+                raise ConfigError(f"the policy for {route} must be a RoutePolicy, got {policy!r}")
+            policies[Route(route)] = policy
+        self.routes: Mapping[Route, RoutePolicy] = MappingProxyType(policies)
+        self._version = version
+        self._observer: CacheObserver = observer or _NullObserver()
+        self._clock = clock
+        self._timer = timer
+        self._stream_usage = stream_usage
+        self._max_event_bytes = max_event_bytes
+        self._flights: dict[str, Flight] = {}
+        self._item_flights: dict[str, asyncio.Future[_Item]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- entry points ----------------------------------------------------------------------------
+
+    async def handle(self, request: LLMRequest) -> LLMResponse:
+        """Answer one request: from the cache, from an identical request in flight, or upstream.
+
+        Raises :class:`RequestError` for a request the cache cannot accept (bad controls, bad body);
+        upstream failures become error responses, not exceptions.
+        """
+        started = self._timer()
+        route = Route(request.route)
+        if not isinstance(request.body, Mapping):
+            raise RequestError("the request body must be a JSON object")
+        policy = self.routes[route]
+        directives, body = parse_directives(request.headers, request.body)
+        tenant = tenant_for(
+            _credential(request.headers),
+            secret=self._tenant_secret,
+            share_across_tenants=self._share,
+        )
+        namespace = directives.namespace or "default"
+        if route is Route.EMBEDDINGS:
+            return await self._embeddings(
+                request,
+                body=body,
+                directives=directives,
+                tenant=tenant,
+                namespace=namespace,
+                policy=policy,
+                started=started,
+            )
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        want_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        key = request_key(route, body, tenant=tenant, namespace=namespace, version=self._version)
+        decision = decide(route, body, directives, policy.mode)
+
+        fallback: _Found | None = None
+        if decision.lookup:
+            found = await self._find(key, directives, policy)
+            if found is not None and found.freshness is _Freshness.FRESH:
+                return self._serve_record(
+                    route,
+                    found=found,
+                    status=CacheStatus.HIT,
+                    stream=stream,
+                    want_usage=want_usage,
+                    started=started,
+                )
+            if found is not None and found.freshness is _Freshness.REVALIDATE:
+                self._revalidate(
+                    route,
+                    policy=policy,
+                    body=body,
+                    directives=directives,
+                    decision=decision,
+                    key=key,
+                    request=request,
+                )
+                return self._serve_record(
+                    route,
+                    found=found,
+                    status=CacheStatus.STALE,
+                    stream=stream,
+                    want_usage=want_usage,
+                    started=started,
+                )
+            if found is not None:
+                fallback = found
+
+        forward = body
+        if (
+            stream
+            and route in _USAGE_STREAM_ROUTES
+            and self._stream_usage
+            and not want_usage
+            and (decision.lookup or decision.store)
+        ):
+            forward = {
+                **body,
+                "stream_options": {
+                    **(options if isinstance(options, Mapping) else {}),
+                    "include_usage": True,
+                },
+            }
+        ctx = _Context(
+            route=route,
+            policy=policy,
+            body=body,
+            directives=directives,
+            decision=decision,
+            key=key,
+            stream=stream,
+            want_usage=want_usage,
+            upstream_body=self._upstream_body(request, forward, changed=forward is not body),
+            upstream_headers=_upstream_headers(request),
+            started=started,
+        )
+        return await self._miss(ctx, fallback)
+
+    async def invalidate_key(self, key: str) -> bool:
+        """Remove the entry stored under ``key`` (an ``X-Cache-Key`` value) from every tier."""
+        return await self.tiers.delete(key)
+
+    async def invalidate_namespace(self, namespace: str) -> int:
+        """Remove every entry in ``namespace`` (of every tenant) from every tier."""
+        return await self.tiers.delete_namespace(namespace)
+
+    async def invalidate_tag(self, tag: str) -> int:
+        """Remove every entry carrying ``tag`` from every tier."""
+        return await self.tiers.delete_tag(tag)
+
+    async def flush(self) -> None:
+        """Remove every entry from every tier."""
+        await self.tiers.clear()
+
+    @property
+    def in_flight(self) -> int:
+        """How many upstream calls are in flight and joinable right now."""
+        return len(self._flights) + len(self._item_flights)
+
+    async def aclose(self) -> None:
+        """Cancel background work (refreshes, abandoned calls). Tiers and upstream stay open."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    async def _find(
+        self, key: CacheKey, directives: Directives, policy: RoutePolicy
+    ) -> _Found | None:
+        storage = key.storage_key
+        try:
+            found = await self.tiers.lookup(storage)
+        except TierError as exc:
+            logger.warning("cache lookup failed, answering from upstream: %s", exc)
+            return None
+        if found is None:
+            return None
+        entry, tier = found
+        try:
+            record = self.codec.decode(entry.value, expected_key=storage)
+            if record.fingerprint != key.digest or record.route != key.route.value:
+                raise SignatureError("the record answers another request")
+        except RecordError as exc:
+            reason = "signature" if isinstance(exc, SignatureError) else "format"
+            logger.warning("deleting a record that failed verification in %s: %s", tier, exc)
+            self._observer.verification_failed(tier, reason)
+            with contextlib.suppress(TierError):
+                await self.tiers.delete(storage)
+            return None
+        now = self._clock()
+        if directives.max_age is not None and record.age(now) > directives.max_age:
+            return None
+        if not record.expired(now):
+            return _Found(record, tier, _Freshness.FRESH)
+        assert record.expires_at is not None
+        late = now - record.expires_at
+        if late < policy.stale_while_revalidate:
+            return _Found(record, tier, _Freshness.REVALIDATE)
+        if late < policy.stale_if_error:
+            return _Found(record, tier, _Freshness.IF_ERROR)
+        return None
+
+    def _serve_record(
+        self,
+        route: Route,
+        *,
+        found: _Found,
+        status: CacheStatus,
+        stream: bool,
+        want_usage: bool,
+        started: float,
+    ) -> LLMResponse:
+        record = found.record
+        body, media_type = _replay(route, record, stream=stream, want_usage=want_usage)
+        self._observer.request_served(
+            route.value, status.value.lower(), found.tier, self._timer() - started
+        )
+        self._observer.tokens_saved(route.value, record.model, record.usage)
+        return LLMResponse(
+            status=200,
+            cache=status,
+            media_type=media_type,
+            body=body,
+            key=record.key,
+            age=int(record.age(self._clock())),
+            tier=found.tier,
+        )
+
+    # --- misses ----------------------------------------------------------------------------------
+
+    async def _miss(self, ctx: _Context, fallback: _Found | None) -> LLMResponse:
+        storage = ctx.key.storage_key
+        flight = self._flights.get(storage) if ctx.decision.lookup else None
+        if flight is not None:
+            outcome = CacheStatus.COALESCED
+            flight.followers += 1
+            flight.store = flight.store or ctx.decision.store
+            self._observer.request_coalesced(ctx.route.value)
+        else:
+            outcome = CacheStatus.MISS if ctx.decision.lookup else CacheStatus.BYPASS
+            flight = self._launch(ctx, register=ctx.decision.lookup or ctx.decision.store)
+        flight.subscribe()
+        handed_over = False
+        try:
+            await flight.wait_started()
+            if flight.failed and fallback is not None:
+                return self._serve_record(
+                    ctx.route,
+                    found=fallback,
+                    status=CacheStatus.STALE,
+                    stream=ctx.stream,
+                    want_usage=ctx.want_usage,
+                    started=ctx.started,
+                )
+            error = _error_response(flight, outcome, storage)
+            if error is not None:
+                self._served(ctx, outcome)
+                return error
+            if ctx.stream:
+                handed_over = True
+                response = LLMResponse(
+                    status=flight.status or 200,
+                    cache=outcome,
+                    media_type=EVENT_STREAM,
+                    stream=self._follow(flight, ctx),
+                    key=storage,
+                    upstream_headers=flight.headers,
+                )
+                self._served(ctx, outcome)
+                return response
+            await flight.wait_done()
+            response = self._whole(flight, ctx, outcome)
+            self._served(ctx, outcome)
+            return response
+        finally:
+            if not handed_over:
+                flight.unsubscribe()
+
+    def _served(self, ctx: _Context, outcome: CacheStatus) -> None:
+        self._observer.request_served(
+            ctx.route.value, outcome.value.lower(), None, self._timer() - ctx.started
+        )
+
+    def _whole(self, flight: Flight, ctx: _Context, outcome: CacheStatus) -> LLMResponse:
+        """The complete body of a finished flight, for a client that did not ask to stream."""
+        storage = ctx.key.storage_key
+        body: bytes
+        if not flight.sse:
+            if flight.error is not None or flight.body is None:
+                return _upstream_failure(flight.error, outcome, storage)
+            body = flight.body
+        else:
+            if flight.error is not None or not flight.terminal:
+                error = flight.error or UpstreamError("the upstream stream ended before its end")
+                return _upstream_failure(error, outcome, storage)
+            try:
+                body = _orjson().dumps(_assemble(ctx.route, load_payloads(flight.events)))
+            except UpstreamError as exc:
+                return _upstream_failure(exc, outcome, storage)
+        return LLMResponse(
+            status=flight.status or 200,
+            cache=outcome,
+            body=body,
+            key=storage,
+            upstream_headers=flight.headers,
+        )
+
+    async def _follow(self, flight: Flight, ctx: _Context) -> AsyncIterator[bytes]:
+        """A client's copy of a flight's stream, from the first event, as fast as it arrives."""
+        strip = ctx.route in _USAGE_STREAM_ROUTES and not ctx.want_usage
+        sent = 0
+        try:
+            while True:
+                available = len(flight.events)
+                if sent < available:
+                    if strip:
+                        payloads = [_strip_usage(p) for p in flight.events[sent:available]]
+                        out = b"".join(encode_event(p) for p in payloads if p is not None)
+                    else:
+                        out = b"".join(flight.frames[sent:available])
+                    sent = available
+                    if out:
+                        yield out
+                    continue
+                if flight.done:
+                    break
+                await flight.changed()
+            tail = self._stream_tail(flight, ctx)
+            if tail:
+                yield tail
+        finally:
+            flight.unsubscribe()
+
+    def _stream_tail(self, flight: Flight, ctx: _Context) -> bytes:
+        """What ends a client's stream once the flight is over: [DONE], or an error event."""
+        if flight.sse:
+            if flight.error is None and flight.terminal:
+                return b"" if ctx.route is Route.RESPONSES else encode_event(DONE)
+            reason = (
+                str(flight.error)
+                if flight.error is not None
+                else "the upstream stream ended before its terminal event"
+            )
+            return _stream_error(ctx.route, reason)
+        # The upstream answered a stream request with a plain body: convert it.
+        if flight.error is not None or flight.body is None:
+            return _stream_error(ctx.route, str(flight.error or "no response from upstream"))
+        try:
+            obj = _orjson().loads(flight.body)
+            chunks = _disassemble(ctx.route, obj, include_usage=ctx.want_usage)
+        except (UpstreamError, ValueError) as exc:
+            return _stream_error(ctx.route, f"the upstream answer is not valid: {exc}")
+        dumps = _orjson().dumps
+        return b"".join(sse_frames(ctx.route, [dumps(c) for c in chunks]))
+
+    # --- upstream calls --------------------------------------------------------------------------
+
+    def _launch(self, ctx: _Context, *, register: bool, detached: bool = False) -> Flight:
+        storage = ctx.key.storage_key
+        flight = Flight(storage, store=ctx.decision.store, detached=detached)
+        if register:
+            self._flights[storage] = flight
+        task = asyncio.get_running_loop().create_task(self._fly(flight, ctx))
+        flight.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return flight
+
+    async def _fly(self, flight: Flight, ctx: _Context) -> None:
+        try:
+            await self._fetch(flight, ctx)
+            await self._settle(flight, ctx)
+        except asyncio.CancelledError:
+            flight.finish(UpstreamError("the request was abandoned"))
+            if flight.store:
+                self._observer.not_stored(ctx.route.value, "abandoned")
+            raise
+        except Exception as exc:  # a bug must not leave subscribers waiting forever
+            logger.exception("unexpected error in an upstream call")
+            flight.finish(UpstreamError(f"internal error: {exc!r}"))
+        finally:
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+
+    async def _fetch(self, flight: Flight, ctx: _Context) -> None:
+        route = ctx.route.value
+        t0 = self._timer()
+        try:
+            reply = await self.upstream.post(
+                route_path(ctx.route), ctx.upstream_body, ctx.upstream_headers
+            )
+        except UpstreamError as exc:
+            kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "transport"
+            self._observer.upstream_called(route, self._timer() - t0, None, kind)
+            flight.finish(exc)
+            return
+        try:
+            status = reply.status
+            self._observer.upstream_called(
+                route, self._timer() - t0, status, "status" if status >= 400 else ""
+            )
+            flight.headers = dict(reply.headers.items())
+            if status >= 400:
+                flight.body = await _read_capped(reply, _MAX_ERROR_BODY)
+                flight.status = status
+                flight.finish()
+                return
+            flight.status = status
+            content_type = reply.headers.get("content-type", "")
+            if ctx.stream and content_type.startswith(EVENT_STREAM):
+                flight.sse = True
+                flight.begin()
+                await self._record_stream(flight, ctx.route, reply)
+            else:
+                flight.body = await reply.read()
+            flight.finish()
+        except UpstreamError as exc:
+            flight.finish(exc)
+        finally:
+            await reply.aclose()
+
+    async def _record_stream(self, flight: Flight, route: Route, reply: UpstreamReply) -> None:
+        decoder = SSEDecoder(self._max_event_bytes)
+        responses = route is Route.RESPONSES
+        async for data in reply.iter_bytes():
+            events = decoder.feed(data)
+            if not events:
+                continue
+            for event in events:
+                if event.data == DONE:
+                    flight.terminal = True
+                    continue
+                name = event.event
+                if responses and name is None:
+                    name = _event_type(event.data)
+                flight.events.append(event.data)
+                flight.frames.append(encode_event(event.data, name))
+                if responses and name in _TERMINAL_RESPONSE_EVENTS:
+                    flight.terminal = True
+            flight.wake()
+
+    async def _settle(self, flight: Flight, ctx: _Context) -> None:
+        """After a flight: count what followers saved, and store the answer if it may be."""
+        if flight.error is not None or flight.status is None or not 200 <= flight.status < 300:
+            if flight.store:
+                self._observer.not_stored(ctx.route.value, "upstream-error")
+            return
+        if flight.sse and not flight.terminal:
+            if flight.store:
+                self._observer.not_stored(ctx.route.value, "truncated")
+            return
+        try:
+            if flight.sse:
+                response: Any = _assemble(ctx.route, load_payloads(flight.events))
+            else:
+                response = _orjson().loads(flight.body or b"")
+        except (UpstreamError, ValueError):
+            if flight.store:
+                self._observer.not_stored(ctx.route.value, "malformed")
+            return
+        if not isinstance(response, dict):
+            if flight.store:
+                self._observer.not_stored(ctx.route.value, "malformed")
+            return
+        model = response.get("model")
+        model = model if isinstance(model, str) else str(ctx.body.get("model", ""))
+        usage = response.get("usage")
+        usage_flat = flat_usage(usage) if isinstance(usage, Mapping) else None
+        for _ in range(flight.followers):
+            self._observer.tokens_saved(ctx.route.value, model, usage_flat)
+        if not flight.store:
+            return
+        reason = storable(ctx.route, response)
+        if reason is not None:
+            self._observer.not_stored(ctx.route.value, reason)
+            return
+        await self._write(
+            ctx.key,
+            ctx.route,
+            ctx.policy,
+            ctx.directives,
+            model=model,
+            usage=usage_flat,
+            body=None if flight.sse else flight.body,
+            chunks=tuple(flight.events) if flight.sse else None,
+        )
+
+    async def _write(
+        self,
+        key: CacheKey,
+        route: Route,
+        policy: RoutePolicy,
+        directives: Directives,
+        *,
+        model: str,
+        usage: Mapping[str, int] | None,
+        body: bytes | None,
+        chunks: tuple[bytes, ...] | None,
+    ) -> bool:
+        now = self._clock()
+        ttl = directives.ttl if directives.ttl is not None else policy.ttl
+        expires_at = None if ttl is None else now + ttl
+        record = Record(
+            key=key.storage_key,
+            fingerprint=key.digest,
+            route=route.value,
+            model=model,
+            created_at=now,
+            expires_at=expires_at,
+            namespace=key.namespace,
+            tags=directives.tags,
+            body=body,
+            chunks=chunks,
+            usage=usage,
+        )
+        entry = TierEntry(
+            self.codec.encode(record),
+            # Tiers drop an entry at its expiry; keep it for the stale window beyond the record's.
+            expires_at=None if expires_at is None else expires_at + policy.stale_window,
+            tags=directives.tags,
+            namespace=key.namespace,
+        )
+        try:
+            stored = await self.tiers.set(key.storage_key, entry)
+        except TierError as exc:
+            logger.warning("could not store an answer: %s", exc)
+            self._observer.not_stored(route.value, "tier-error")
+            return False
+        if not stored:
+            self._observer.not_stored(route.value, "declined")
+        return stored
+
+    def _revalidate(
+        self,
+        route: Route,
+        *,
+        policy: RoutePolicy,
+        body: dict[str, Any],
+        directives: Directives,
+        decision: Decision,
+        key: CacheKey,
+        request: LLMRequest,
+    ) -> None:
+        """Refresh a stale entry in the background (one refresh per key at a time)."""
+        if self._closed or key.storage_key in self._flights or not decision.store:
+            return
+        plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        ctx = _Context(
+            route=route,
+            policy=policy,
+            body=plain,
+            directives=directives,
+            decision=decision,
+            key=key,
+            stream=False,
+            want_usage=False,
+            upstream_body=_orjson().dumps(plain),
+            upstream_headers=_upstream_headers(request),
+            started=self._timer(),
+        )
+        self._launch(ctx, register=True, detached=True)
+
+    def _upstream_body(
+        self, request: LLMRequest, forward: Mapping[str, Any], *, changed: bool
+    ) -> bytes:
+        if request.raw is not None and not changed and "cache" not in request.body:
+            return request.raw
+        body: bytes = _orjson().dumps(forward)
+        return body
+
+    # --- embeddings ------------------------------------------------------------------------------
+
+    async def _embeddings(
+        self,
+        request: LLMRequest,
+        *,
+        body: dict[str, Any],
+        directives: Directives,
+        tenant: str,
+        namespace: str,
+        policy: RoutePolicy,
+        started: float,
+    ) -> LLMResponse:
+        route = Route.EMBEDDINGS
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise RequestError('an embeddings request needs a "model" string')
+        items = _embedding_items(body.get("input"))
+        decision = decide(route, body, directives, policy.mode)
+        headers = _upstream_headers(request)
+        if not (decision.lookup or decision.store):
+            raw = self._upstream_body(request, body, changed=False)
+            answer = await self._embeddings_upstream(raw, headers, CacheStatus.BYPASS)
+            self._observer.request_served(route.value, "bypass", None, self._timer() - started)
+            if isinstance(answer, LLMResponse):
+                return answer
+            return LLMResponse(
+                status=200,
+                cache=CacheStatus.BYPASS,
+                body=_orjson().dumps(answer[0]),
+                upstream_headers=answer[1],
+            )
+
+        keys = [
+            embedding_input_key(
+                model, item, tenant=tenant, namespace=namespace, extra=body, version=self._version
+            )
+            for item in items
+        ]
+        unique: dict[str, tuple[CacheKey, str | list[int]]] = {}
+        for key, item in zip(keys, items, strict=True):
+            unique.setdefault(key.storage_key, (key, item))
+        results: dict[str, _Item] = {}
+        if decision.lookup:
+            for storage, (key, _item) in unique.items():
+                found = await self._find(key, directives, policy)
+                if found is None or found.freshness is not _Freshness.FRESH:
+                    continue
+                item_result = _item_from_record(found, self._clock())
+                if item_result is not None:
+                    results[storage] = item_result
+
+        waits: dict[str, asyncio.Future[_Item]] = {}
+        own: list[str] = []
+        for storage in unique:
+            if storage in results:
+                continue
+            pending = self._item_flights.get(storage) if decision.lookup else None
+            if pending is not None:
+                waits[storage] = pending
+            else:
+                own.append(storage)
+        upstream_headers: Mapping[str, str] = {}
+        if own:
+            fetched = await self._fetch_items(
+                request,
+                body=body,
+                unique=unique,
+                own=own,
+                directives=directives,
+                policy=policy,
+                decision=decision,
+                headers=headers,
+            )
+            if isinstance(fetched, LLMResponse):
+                self._observer.request_served(route.value, "miss", None, self._timer() - started)
+                return fetched
+            results.update(fetched[0])
+            upstream_headers = fetched[1]
+        for storage, future in waits.items():
+            self._observer.request_coalesced(route.value)
+            try:
+                results[storage] = await asyncio.shield(future)
+            except _ItemFailureError as exc:
+                return exc.response
+
+        if own:
+            outcome = CacheStatus.MISS
+        elif waits:
+            outcome = CacheStatus.COALESCED
+        else:
+            outcome = CacheStatus.HIT
+        ordered = [results[key.storage_key] for key in keys]
+        tokens = sum(r.tokens for r in ordered)
+        saved_tokens = sum(results[s].tokens for s in unique if s not in own)
+        hit_tiers = [r.tier for r in ordered if r.tier]
+        response_model = next((r.model for r in ordered if r.model), model)
+        payload = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": r.embedding}
+                for index, r in enumerate(ordered)
+            ],
+            "model": response_model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        if saved_tokens:
+            self._observer.tokens_saved(
+                route.value,
+                response_model,
+                {"prompt_tokens": saved_tokens, "total_tokens": saved_tokens},
+            )
+        ages = [r.age for r in ordered if r.age is not None]
+        self._observer.request_served(
+            route.value,
+            outcome.value.lower(),
+            hit_tiers[0] if outcome is CacheStatus.HIT and hit_tiers else None,
+            self._timer() - started,
+        )
+        return LLMResponse(
+            status=200,
+            cache=outcome,
+            body=_orjson().dumps(payload),
+            key=",".join(unique) if len(unique) <= _MAX_KEYS_IN_HEADER else None,
+            age=int(max(ages)) if outcome is CacheStatus.HIT and ages else None,
+            tier=hit_tiers[0] if outcome is CacheStatus.HIT and hit_tiers else None,
+            upstream_headers=upstream_headers,
+        )
+
+    async def _fetch_items(
+        self,
+        request: LLMRequest,
+        *,
+        body: dict[str, Any],
+        unique: Mapping[str, tuple[CacheKey, str | list[int]]],
+        own: Sequence[str],
+        directives: Directives,
+        policy: RoutePolicy,
+        decision: Decision,
+        headers: Mapping[str, str],
+    ) -> tuple[dict[str, _Item], Mapping[str, str]] | LLMResponse:
+        """Fetch the items nobody has in cache or in flight, in one upstream call; store them."""
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[_Item]] = {}
+        for storage in own:
+            future: asyncio.Future[_Item] = loop.create_future()
+            futures[storage] = future
+            self._item_flights[storage] = future
+        try:
+            # The client's own bytes go up when they ask for exactly these items in this order.
+            everything = len(own) == len(_embedding_items(body.get("input")))
+            if everything:
+                raw = self._upstream_body(request, body, changed=False)
+            else:
+                raw = _orjson().dumps({**body, "input": [unique[s][1] for s in own]})
+            outcome = await self._embeddings_upstream(
+                raw, headers, CacheStatus.MISS, expect=len(own)
+            )
+            if isinstance(outcome, LLMResponse):
+                for future in futures.values():
+                    future.set_exception(_ItemFailureError(outcome))
+                    future.exception()  # retrieved: waiters re-raise it, nobody else must log it
+                return outcome
+            parsed, upstream_headers = outcome
+            sent = list(own)
+            by_storage = dict(zip(sent, _vectors(parsed), strict=True))
+            counts = _attribute(_prompt_tokens(parsed), [_weight(unique[s][1]) for s in sent])
+            model = parsed.get("model")
+            model = model if isinstance(model, str) else str(body.get("model"))
+            fetched: dict[str, _Item] = {}
+            for storage, tokens in zip(sent, counts, strict=True):
+                result = _Item(embedding=by_storage[storage], tokens=tokens, model=model)
+                fetched[storage] = result
+                futures[storage].set_result(result)
+            if decision.store:
+                for storage in sent:
+                    key = unique[storage][0]
+                    result = fetched[storage]
+                    await self._write(
+                        key,
+                        Route.EMBEDDINGS,
+                        policy,
+                        directives,
+                        model=model,
+                        usage={"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+                        body=_orjson().dumps(result.embedding),
+                        chunks=None,
+                    )
+            return fetched, upstream_headers
+        finally:
+            for storage, future in futures.items():
+                if not future.done():
+                    future.set_exception(
+                        _ItemFailureError(
+                            _upstream_failure(
+                                UpstreamError("the request fetching this input was abandoned"),
+                                CacheStatus.COALESCED,
+                                None,
+                            )
+                        )
+                    )
+                    future.exception()
+                if self._item_flights.get(storage) is future:
+                    del self._item_flights[storage]
+
+    async def _embeddings_upstream(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        outcome: CacheStatus,
+        *,
+        expect: int | None = None,
+    ) -> tuple[dict[str, Any], dict[str, str]] | LLMResponse:
+        """One call to the embeddings endpoint: the parsed answer and the upstream headers, or the
+        error response to give."""
+        route = Route.EMBEDDINGS.value
+        t0 = self._timer()
+        try:
+            reply = await self.upstream.post(route_path(Route.EMBEDDINGS), body, headers)
+        except UpstreamError as exc:
+            kind = "timeout" if isinstance(exc, UpstreamTimeoutError) else "transport"
+            self._observer.upstream_called(route, self._timer() - t0, None, kind)
+            return _upstream_failure(exc, outcome, None)
+        try:
+            status = reply.status
+            self._observer.upstream_called(
+                route, self._timer() - t0, status, "status" if status >= 400 else ""
+            )
+            reply_headers = dict(reply.headers.items())
+            if status >= 400:
+                raw = await _read_capped(reply, _MAX_ERROR_BODY)
+                return _status_failure(status, raw, reply_headers, outcome, None)
+            raw = await reply.read()
+        except UpstreamError as exc:
+            return _upstream_failure(exc, outcome, None)
+        finally:
+            await reply.aclose()
+        try:
+            parsed = _orjson().loads(raw)
+        except ValueError:
+            parsed = None
+        reason = storable(Route.EMBEDDINGS, parsed) if isinstance(parsed, dict) else "malformed"
+        if reason is None and expect is not None and len(parsed["data"]) != expect:
+            reason = "wrong number of embeddings"
+        if reason is not None or not isinstance(parsed, dict):
+            self._observer.not_stored(route, reason or "malformed")
+            return _upstream_failure(
+                UpstreamError(f"the upstream embeddings answer is unusable ({reason})"),
+                outcome,
+                None,
+            )
+        return parsed, reply_headers
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _positive(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _non_negative(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _credential(headers: Mapping[str, str]) -> str | None:
+    """The caller's credential: the bearer token, or an ``api-key`` / ``x-api-key`` header."""
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in ("authorization", "api-key", "x-api-key"):
+            found.setdefault(lower, value)
+    auth = found.get("authorization")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else auth.strip()
+    return found.get("api-key") or found.get("x-api-key") or None
+
+
+def _upstream_headers(request: LLMRequest) -> dict[str, str]:
+    if request.forward_headers is not None:
+        headers = {k.lower(): v for k, v in request.forward_headers.items()}
+    else:
+        headers = {
+            k.lower(): v
+            for k, v in request.headers.items()
+            if k.lower() in ("authorization", "api-key", "x-api-key")
+        }
+    headers.pop("content-length", None)
+    headers["content-type"] = JSON
+    return headers
+
+
+def _replay(route: Route, record: Record, *, stream: bool, want_usage: bool) -> tuple[bytes, str]:
+    """The body and media type that replay ``record`` for a request that did or did not stream."""
+    orjson = _orjson()
+    if stream:
+        if record.chunks is not None:
+            payloads: Iterable[bytes] = record.chunks
+            if route in _USAGE_STREAM_ROUTES and not want_usage:
+                payloads = [p for p in map(_strip_usage, record.chunks) if p is not None]
+        else:
+            obj = orjson.loads(record.body or b"")
+            payloads = [orjson.dumps(c) for c in _disassemble(route, obj, include_usage=want_usage)]
+        return b"".join(sse_frames(route, payloads)), EVENT_STREAM
+    if record.body is not None:
+        return record.body, JSON
+    assert record.chunks is not None
+    body: bytes = orjson.dumps(_assemble(route, load_payloads(record.chunks)))
+    return body, JSON
+
+
+def _assemble(route: Route, objects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    if route is Route.CHAT:
+        return assemble_chat(objects)
+    if route is Route.COMPLETIONS:
+        return assemble_completion(objects)
+    return assemble_response(objects)
+
+
+def _disassemble(route: Route, obj: Any, *, include_usage: bool) -> list[dict[str, Any]]:
+    if not isinstance(obj, Mapping):
+        raise UpstreamError("a stored answer is not a JSON object")
+    if route is Route.CHAT:
+        return chat_chunks(obj, include_usage=include_usage)
+    if route is Route.COMPLETIONS:
+        return completion_chunks(obj, include_usage=include_usage)
+    return response_events(obj)
+
+
+def _strip_usage(payload: bytes) -> bytes | None:
+    """A chunk as a client that did not ask for usage would get it (``None``: not at all)."""
+    if b'"usage"' not in payload:
+        return payload
+    orjson = _orjson()
+    try:
+        obj = orjson.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(obj, dict) or "usage" not in obj:
+        return payload
+    if obj["usage"] is not None:
+        # The usage-only chunk that closes the stream; any other chunk keeps what it says.
+        return None if obj.get("choices") == [] else payload
+    del obj["usage"]
+    stripped: bytes = orjson.dumps(obj)
+    return stripped
+
+
+def _event_type(data: bytes) -> str | None:
+    try:
+        kind = _orjson().loads(data).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def _stream_error(route: Route, message: str) -> bytes:
+    """An error event the OpenAI SDK raises as ``APIError`` mid-stream."""
+    error = {"message": message, "type": "upstream_error", "param": None, "code": "stream_broken"}
+    dumps = _orjson().dumps
+    if route is Route.RESPONSES:
+        return encode_event(dumps({"type": "error", "error": error, **error}), "error")
+    return encode_event(dumps({"error": error}))
+
+
+def _error_response(flight: Flight, outcome: CacheStatus, key: str) -> LLMResponse | None:
+    """The error to give for a flight that failed before its response started, else ``None``."""
+    if flight.status is None:
+        return _upstream_failure(flight.error or UpstreamError("no response"), outcome, key)
+    if flight.status >= 400:
+        return _status_failure(flight.status, flight.body or b"", flight.headers, outcome, key)
+    return None
+
+
+def _upstream_failure(
+    error: UpstreamError | None, outcome: CacheStatus, key: str | None
+) -> LLMResponse:
+    if isinstance(error, UpstreamTimeoutError):
+        status, kind, code = 504, "upstream_timeout", "upstream_timeout"
+    else:
+        status, kind, code = 502, "upstream_error", "upstream_unavailable"
+    message = str(error) if error is not None else "the upstream failed"
+    return LLMResponse(
+        status=status, cache=outcome, body=error_body(message, type=kind, code=code), key=key
+    )
+
+
+def _status_failure(
+    status: int, raw: bytes, headers: Mapping[str, str], outcome: CacheStatus, key: str | None
+) -> LLMResponse:
+    """An upstream error status, passed on; wrapped in the OpenAI error shape if it is not in it."""
+    try:
+        parsed = _orjson().loads(raw)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        body = raw
+    else:
+        text = raw[:500].decode("utf-8", "replace")
+        body = error_body(
+            f"the upstream answered {status}: {text}",
+            type="upstream_error" if status >= 500 else "invalid_request_error",
+            code=status,
+        )
+    return LLMResponse(status=status, cache=outcome, body=body, key=key, upstream_headers=headers)
+
+
+async def _read_capped(reply: UpstreamReply, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in reply.iter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+def _embedding_items(raw: Any) -> list[str | list[int]]:
+    """The input items of an embeddings request: a string, token ids, or a list of either."""
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not raw:
+        raise RequestError('"input" must be a string, a list of strings, or token ids')
+    if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
+        return [list(raw)]
+    items: list[str | list[int]] = []
+    for item in raw:
+        if isinstance(item, str):
+            items.append(item)
+        elif isinstance(item, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in item
+        ):
+            items.append(list(item))
+        else:
+            raise RequestError('"input" items must all be strings or all lists of token ids')
+    return items
+
+
+def _item_from_record(found: _Found, now: float) -> _Item | None:
+    record = found.record
+    if record.body is None:
+        return None
+    try:
+        embedding = _orjson().loads(record.body)
+    except ValueError:
+        return None
+    tokens = (record.usage or {}).get("prompt_tokens", 0)
+    return _Item(
+        embedding=embedding,
+        tokens=tokens,
+        model=record.model,
+        age=record.age(now),
+        tier=found.tier,
+    )
+
+
+def _vectors(response: Mapping[str, Any]) -> list[Any]:
+    data = sorted(response["data"], key=lambda d: d.get("index", 0))
+    return [d["embedding"] for d in data]
+
+
+def _prompt_tokens(response: Mapping[str, Any]) -> int:
+    usage = response.get("usage")
+    if isinstance(usage, Mapping):
+        value = usage.get("prompt_tokens", usage.get("total_tokens"))
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return 0
+
+
+def _weight(item: str | list[int]) -> int:
+    return max(1, len(item))
+
+
+def _attribute(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` in proportion to ``weights`` into integers that add up to it exactly.
+
+    Token ids are exact when the total equals their count; text gets a proportional share with the
+    remainder going to the largest fractional parts.
+
+    >>> _attribute(10, [1, 1, 2])
+    [2, 3, 5]
+    """
+    if not weights:
+        return []
+    if total == sum(weights):
+        return list(weights)
+    whole = sum(weights)
+    shares = [total * w / whole for w in weights]
+    counts = [int(s) for s in shares]
+    remainder = total - sum(counts)
+    by_fraction = sorted(range(len(weights)), key=lambda i: (counts[i] - shares[i], -i))
+    for i in by_fraction[:remainder]:
+        counts[i] += 1
+    return counts

@@ -1,0 +1,373 @@
+"""The caching proxy: a thin starlette shell over :class:`stratacache.llm.cache.LLMCache`.
+
+Routes:
+
+* ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/responses``: through
+  the cache. The body is read with a size limit (rejected while reading, before it is buffered
+  whole), must be a JSON object, and is answered with the cache's ``X-Cache`` headers.
+* every other ``/v1/*`` request: passed to the upstream untouched, bodies streamed both ways.
+* ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /stats`` (the same numbers as JSON).
+* the admin endpoints of :mod:`stratacache.proxy.admin`.
+
+Every error the proxy itself produces has the OpenAI shape, ``{"error": {"message", "type",
+"param", "code"}}``, so SDKs raise their usual exceptions; nothing about a failed request is cached
+and the proxy keeps serving.
+
+:func:`create_app` builds everything from a :class:`~stratacache.config.Settings`: the embedded
+chain (in-process L0, then SQLite under ``data_dir``), the signing key (created on first start), the
+upstream client and the metrics. ``clock`` and ``transport`` are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
+from starlette.routing import Route as Endpoint
+
+from stratacache.config import Settings
+from stratacache.errors import ConfigError, RequestError, UpstreamError, UpstreamTimeoutError
+from stratacache.llm.cache import LLMCache, LLMRequest, derive_tenant_secret, route_path
+from stratacache.llm.keys import Route
+from stratacache.llm.records import (
+    Ed25519Signer,
+    HmacSigner,
+    MLDSASigner,
+    RecordCodec,
+    Signer,
+    load_or_create_key,
+)
+from stratacache.observability.metrics import Metrics
+from stratacache.observability.pricing import PriceTable
+from stratacache.proxy.admin import admin_routes
+from stratacache.proxy.headers import request_headers_for_upstream, response_headers_for_client
+from stratacache.proxy.responses import json_error
+from stratacache.proxy.upstream import HTTPUpstream, UpstreamTimeouts
+from stratacache.tiers.base import Clock
+from stratacache.tiers.chain import TierChain
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["Proxy", "build_proxy", "create_app", "json_error"]
+
+logger = logging.getLogger("stratacache.proxy")
+
+_JSON_TYPES = ("application/json",)
+_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+# Set by the proxy for its own responses; the upstream's copies would be duplicates.
+_OWN_HEADERS = frozenset({"content-type", "date", "server"})
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """The parts one proxy app runs on; ``app.state.proxy`` holds it."""
+
+    settings: Settings
+    """What the app was built from."""
+    cache: LLMCache
+    """The cache the cached routes go through."""
+    tiers: TierChain
+    """The storage chain (memory, then SQLite)."""
+    upstream: HTTPUpstream
+    """The provider client (also used for passthrough)."""
+    metrics: Metrics
+    """The app's own metrics registry."""
+
+    async def aclose(self) -> None:
+        """Stop background work and close the upstream client and the tiers."""
+        await self.cache.aclose()
+        await self.upstream.aclose()
+        await self.tiers.close()
+
+
+def _signer(settings: Settings) -> tuple[Signer, bytes]:
+    key = load_or_create_key(settings.key_file)
+    if settings.signing == "hmac":
+        return HmacSigner(key), key
+    if settings.signing == "ed25519":
+        return Ed25519Signer(key), key
+    return MLDSASigner(key), key
+
+
+def build_proxy(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Proxy:
+    """Build the embedded stack for ``settings``: memory -> SQLite tiers, signed records, upstream.
+
+    ``clock`` (wall-clock seconds) drives record times and tier expiry; ``transport`` replaces the
+    network under the upstream client.
+    """
+    import time
+
+    from stratacache.tiers.memory import MemoryTier
+    from stratacache.tiers.sqlite import SQLiteTier
+
+    now = clock or time.time
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    signer, key = _signer(settings)
+    tiers = TierChain(
+        [
+            MemoryTier(
+                max_entries=settings.memory_max_entries,
+                max_bytes=settings.memory_max_bytes,
+                clock=now,
+            ),
+            SQLiteTier(settings.database, max_bytes=settings.sqlite_max_bytes, clock=now),
+        ],
+        clock=now,
+    )
+    upstream = HTTPUpstream(
+        settings.upstream,
+        timeouts=UpstreamTimeouts(
+            connect=settings.upstream_connect_timeout, read=settings.upstream_timeout
+        ),
+        transport=transport,
+        max_connections=settings.upstream_max_connections,
+    )
+    metrics = Metrics(PriceTable.default().with_overrides(settings.pricing))
+    cache = LLMCache(
+        tiers,
+        RecordCodec(signer),
+        upstream,
+        tenant_secret=derive_tenant_secret(key),
+        share_across_tenants=settings.share_across_tenants,
+        routes=settings.routes,
+        version=settings.key_version,
+        observer=metrics,
+        clock=now,
+        stream_usage=settings.stream_usage,
+    )
+    return Proxy(settings=settings, cache=cache, tiers=tiers, upstream=upstream, metrics=metrics)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The proxy as an ASGI app. Its resources are released when the server's lifespan ends."""
+    proxy = build_proxy(settings, clock=clock, transport=transport)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await proxy.aclose()
+
+    routes: list[BaseRoute] = [
+        Endpoint(f"/v1{route_path(route)}", _cached(proxy, route), methods=["POST"])
+        for route in Route
+    ]
+    routes += [
+        Endpoint("/healthz", _health(proxy), methods=["GET"]),
+        Endpoint("/metrics", _metrics(proxy), methods=["GET"]),
+        Endpoint("/stats", _stats(proxy), methods=["GET"]),
+        *admin_routes(proxy.cache, settings.admin_token),
+        Endpoint(
+            "/v1/{path:path}",
+            _passthrough(proxy),
+            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        ),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.proxy = proxy
+    return app
+
+
+# --- cached routes -------------------------------------------------------------------------------
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refusing (before buffering it) one longer than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _TooLargeError
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLargeError
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _cached(proxy: Proxy, route: Route) -> Callable[[Request], Awaitable[Response]]:
+    import orjson
+
+    limit = proxy.settings.max_body_bytes
+
+    async def endpoint(request: Request) -> Response:
+        content_type = request.headers.get("content-type")
+        if content_type is not None:
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media not in _JSON_TYPES and not media.endswith("+json"):
+                return json_error(
+                    415,
+                    f"the request body must be JSON (Content-Type: application/json), "
+                    f"not {media!r}",
+                    type="invalid_request_error",
+                    code="unsupported_media_type",
+                )
+        try:
+            raw = await _read_limited(request, limit)
+        except _TooLargeError:
+            return json_error(
+                413,
+                f"the request body is larger than the limit of {limit} bytes",
+                type="invalid_request_error",
+                code="request_too_large",
+            )
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return json_error(
+                400,
+                f"the request body is not valid JSON: {exc}",
+                type="invalid_request_error",
+                code="invalid_json",
+            )
+        if not isinstance(body, dict):
+            return json_error(
+                400,
+                "the request body must be a JSON object",
+                type="invalid_request_error",
+                code="invalid_json",
+            )
+        llm_request = LLMRequest(
+            route=route,
+            body=body,
+            headers=request.headers,
+            forward_headers=request_headers_for_upstream(request.headers.items()),
+            raw=raw,
+        )
+        try:
+            result = await proxy.cache.handle(llm_request)
+        except RequestError as exc:
+            return json_error(400, str(exc), type="invalid_request_error", code="invalid_request")
+        headers = {
+            name: value
+            for name, value in response_headers_for_client(
+                result.upstream_headers, body_decoded=True
+            ).items()
+            if name not in _OWN_HEADERS
+        }
+        headers.update(result.cache_headers)
+        if result.stream is not None:
+            return StreamingResponse(
+                result.stream,
+                status_code=result.status,
+                headers=headers,
+                media_type=result.media_type,
+            )
+        return Response(result.body, result.status, headers=headers, media_type=result.media_type)
+
+    return endpoint
+
+
+# --- passthrough ---------------------------------------------------------------------------------
+
+
+def _passthrough(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        has_body = (
+            request.method not in _BODYLESS
+            or request.headers.get("content-length", "0") != "0"
+            or "transfer-encoding" in request.headers
+        )
+        try:
+            reply = await proxy.upstream.forward(
+                request.method,
+                "/" + request.path_params["path"],
+                query=request.url.query,
+                headers=request_headers_for_upstream(request.headers.items(), keep_encoding=True),
+                body=request.stream() if has_body else None,
+            )
+        except UpstreamTimeoutError as exc:
+            return json_error(504, str(exc), type="upstream_timeout", code="upstream_timeout")
+        except UpstreamError as exc:
+            return json_error(502, str(exc), type="upstream_error", code="upstream_unavailable")
+        headers = response_headers_for_client(reply.headers, body_decoded=False)
+        media_type = headers.pop("content-type", None)
+        for name in ("date", "server"):
+            headers.pop(name, None)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in reply.iter_raw():
+                    yield chunk
+            finally:
+                await reply.aclose()
+
+        return StreamingResponse(
+            relay(), status_code=reply.status, headers=headers, media_type=media_type
+        )
+
+    return endpoint
+
+
+# --- health, metrics, stats ----------------------------------------------------------------------
+
+
+def _health(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        tiers = dict(proxy.tiers.health)
+        return JSONResponse({"status": "ok" if all(tiers.values()) else "degraded", "tiers": tiers})
+
+    return endpoint
+
+
+def _metrics(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        body, content_type = proxy.metrics.exposition()
+        return Response(body, headers={"content-type": content_type})
+
+    return endpoint
+
+
+def _stats(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        stats: dict[str, Any] = proxy.metrics.snapshot()
+        stats["tiers"] = dict(proxy.tiers.health)
+        stats["in_flight"] = proxy.cache.in_flight
+        return JSONResponse(stats)
+
+    return endpoint
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return json_error(exc.status_code, str(exc.detail), type=kind, code=exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    if isinstance(exc, ConfigError):
+        return json_error(500, str(exc), type="server_error", code="config")
+    return json_error(500, "internal error in the caching proxy", type="server_error", code=500)

@@ -1,0 +1,344 @@
+"""Tests for stratacache.llm.cache: LLMCache without the HTTP shell, and its helpers.
+
+LLMCache runs on real tiers and the real HTTP upstream client; the fake OpenAI-compatible server on a
+loopback port (tests/proxy/fake_upstream.py) is the only fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.fake_upstream import FakeUpstream, running_fake_upstream
+from stratacache.errors import ConfigError, RequestError
+from stratacache.llm.cache import (
+    CacheStatus,
+    LLMCache,
+    LLMRequest,
+    LLMResponse,
+    RoutePolicy,
+    Upstream,
+    _attribute,
+    _credential,
+    _strip_usage,
+    derive_tenant_secret,
+    error_body,
+    route_path,
+)
+from stratacache.llm.keys import Route, request_key, tenant_for
+from stratacache.llm.policy import AdmissionMode
+from stratacache.llm.records import HmacSigner, Record, RecordCodec
+from stratacache.observability.metrics import Metrics
+from stratacache.proxy.upstream import HTTPUpstream
+from stratacache.tiers import MemoryTier, SQLiteTier, TierChain, TierEntry
+
+KEY = b"k" * 32
+CHAT: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "hello"}],
+    "temperature": 0,
+}
+AUTH = {"authorization": "Bearer sk-unit"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def fake_module() -> Iterator[FakeUpstream]:
+    with running_fake_upstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_module: FakeUpstream) -> Iterator[FakeUpstream]:
+    fake_module.reset()
+    yield fake_module
+    fake_module.reset()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def tiers(tmp_path: Path, clock: Clock) -> AsyncIterator[TierChain]:
+    chain = TierChain(
+        [MemoryTier(clock=clock), SQLiteTier(tmp_path / "cache.db", clock=clock)], clock=clock
+    )
+    yield chain
+    await chain.close()
+
+
+@pytest.fixture
+async def upstream(fake: FakeUpstream) -> AsyncIterator[HTTPUpstream]:
+    client = HTTPUpstream(fake.base_url)
+    yield client
+    await client.aclose()
+
+
+def make_cache(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, **options: Any
+) -> tuple[LLMCache, Metrics]:
+    metrics = Metrics()
+    cache = LLMCache(
+        tiers,
+        RecordCodec(HmacSigner(KEY)),
+        upstream,
+        tenant_secret=derive_tenant_secret(KEY),
+        observer=metrics,
+        clock=clock,
+        **options,
+    )
+    return cache, metrics
+
+
+async def read(response: LLMResponse) -> bytes:
+    if response.body is not None:
+        return response.body
+    assert response.stream is not None
+    return b"".join([chunk async for chunk in response.stream])
+
+
+# --- the cache, end to end -----------------------------------------------------------------------
+
+
+async def test_miss_then_hit(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, metrics = make_cache(tiers, upstream, clock)
+    miss = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert miss.cache is CacheStatus.MISS
+    assert miss.status == 200
+    clock.now += 5
+    hit = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert hit.cache is CacheStatus.HIT
+    assert (hit.age, hit.tier) == (5, "memory")
+    assert hit.cache_headers == {
+        "x-cache": "HIT",
+        "x-cache-key": hit.key,
+        "age": "5",
+        "x-cache-tier": "memory",
+    }
+    assert await read(hit) == await read(miss)
+    tenant = tenant_for("sk-unit", secret=derive_tenant_secret(KEY))
+    assert hit.key == request_key(Route.CHAT, CHAT, tenant=tenant).storage_key
+    assert fake.calls["/v1/chat/completions"] == 1
+    assert metrics.value("strata_requests_total", outcome="hit") == 1
+    await cache.aclose()
+
+
+async def test_streams_are_recorded_and_replayed(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, _ = make_cache(tiers, upstream, clock)
+    request = LLMRequest(Route.CHAT, {**CHAT, "stream": True}, headers=AUTH)
+    live = await cache.handle(request)
+    assert live.media_type == "text/event-stream"
+    assert live.stream is not None
+    first = await read(live)
+    replay = await cache.handle(request)
+    assert replay.cache is CacheStatus.HIT
+    assert await read(replay) == first
+    assert first.endswith(b"data: [DONE]\n\n")
+    # The upstream was asked for usage; the client, which did not ask, got none.
+    assert fake.log[-1].body["stream_options"] == {"include_usage": True}
+    assert b'"usage"' not in first
+    await cache.aclose()
+
+
+async def test_an_abandoned_stream_cancels_the_upstream_call(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    fake.hold_after = 2
+    cache, metrics = make_cache(tiers, upstream, clock)
+    response = await cache.handle(LLMRequest(Route.CHAT, {**CHAT, "stream": True}, headers=AUTH))
+    assert response.stream is not None
+    iterator = aiter(response.stream)
+    assert b"data: " in await anext(iterator)
+    await iterator.aclose()  # type: ignore[attr-defined]
+    # The call is cancelled; wait for it to unwind (an event, not a duration).
+    for _ in range(5000):
+        if cache.in_flight == 0:
+            break
+        await asyncio.sleep(0.001)
+    assert cache.in_flight == 0
+    fake.release()
+    again = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert again.cache is CacheStatus.MISS
+    assert metrics.value("strata_not_stored_total", reason="abandoned") == 1
+    await cache.aclose()
+
+
+async def test_a_record_for_another_request_is_refused_and_deleted(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, metrics = make_cache(tiers, upstream, clock)
+    tenant = tenant_for("sk-unit", secret=derive_tenant_secret(KEY))
+    key = request_key(Route.CHAT, CHAT, tenant=tenant)
+    # Correctly signed, stored under the right key, but answering another request.
+    forged = Record(
+        key=key.storage_key,
+        fingerprint="0" * 64,
+        route="chat.completions",
+        model="m",
+        created_at=clock.now,
+        body=b'{"forged": true}',
+    )
+    await tiers.set(key.storage_key, TierEntry(cache.codec.encode(forged)))
+    response = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert response.cache is CacheStatus.MISS
+    assert b"forged" not in await read(response)
+    assert metrics.value("strata_verification_failures_total", tier="memory") == 1
+    assert fake.calls["/v1/chat/completions"] == 1
+    await cache.aclose()
+
+
+async def test_a_failing_tier_falls_back_to_the_upstream(
+    tmp_path: Path, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    sqlite = SQLiteTier(tmp_path / "broken.db", clock=clock)
+    chain = TierChain([sqlite], clock=clock)
+    cache, metrics = make_cache(chain, upstream, clock)
+    await sqlite.close()  # every call on it now raises TierError
+    for _ in range(2):
+        response = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+        assert response.status == 200
+        assert response.cache is CacheStatus.MISS
+    assert metrics.value("strata_not_stored_total", reason="tier-error") == 2
+    await cache.aclose()
+
+
+async def test_embeddings_attribute_batch_usage_to_items(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, _ = make_cache(tiers, upstream, clock)
+    body = {"model": "e", "input": ["one", "two three four"], "encoding_format": "float"}
+    batch = orjson.loads(await read(await cache.handle(LLMRequest(Route.EMBEDDINGS, body))))
+    assert batch["usage"]["prompt_tokens"] == 4
+    single = await cache.handle(LLMRequest(Route.EMBEDDINGS, {**body, "input": "two three four"}))
+    assert single.cache is CacheStatus.HIT
+    # The batch's 4 tokens were split by length: 3 chars against 14.
+    assert orjson.loads(await read(single))["usage"]["prompt_tokens"] == 3
+    assert fake.calls["/v1/embeddings"] == 1
+    await cache.aclose()
+
+
+async def test_bad_requests_raise_request_error(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock
+) -> None:
+    cache, _ = make_cache(tiers, upstream, clock)
+    with pytest.raises(RequestError):
+        await cache.handle(LLMRequest(Route.CHAT, ["not", "an", "object"]))  # type: ignore[arg-type]
+    with pytest.raises(RequestError):
+        await cache.handle(LLMRequest(Route.CHAT, {**CHAT, "cache": {"nope": 1}}))
+    with pytest.raises(RequestError):
+        await cache.handle(LLMRequest(Route.EMBEDDINGS, {"model": "e", "input": {"a": 1}}))
+    await cache.aclose()
+
+
+async def test_construction_is_validated(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock
+) -> None:
+    codec = RecordCodec(HmacSigner(KEY))
+    with pytest.raises(ConfigError):
+        LLMCache(MemoryTier(), codec, upstream, tenant_secret=KEY)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        LLMCache(tiers, codec, upstream, tenant_secret=b"short")
+    with pytest.raises(ConfigError):
+        LLMCache(tiers, codec, upstream, tenant_secret=KEY, routes={Route.CHAT: "always"})  # type: ignore[dict-item]
+
+
+def test_the_http_upstream_is_an_upstream() -> None:
+    assert isinstance(HTTPUpstream("http://127.0.0.1:9/v1"), Upstream)
+
+
+# --- value types and helpers ---------------------------------------------------------------------
+
+
+def test_route_policy_validation() -> None:
+    assert RoutePolicy().mode is AdmissionMode.DETERMINISTIC
+    assert RoutePolicy(stale_while_revalidate=5, stale_if_error=60).stale_window == 60
+    for bad in ({"ttl": 0}, {"ttl": -1}, {"stale_if_error": -1}, {"ttl": float("nan")}):
+        with pytest.raises(ConfigError):
+            RoutePolicy(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        RoutePolicy(mode="always")  # type: ignore[arg-type]
+
+
+def test_route_paths() -> None:
+    assert [route_path(r) for r in Route] == [
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/responses",
+    ]
+
+
+def test_error_body_has_the_openai_shape() -> None:
+    body = orjson.loads(error_body("boom", type="server_error", code=500))
+    assert body == {
+        "error": {"message": "boom", "type": "server_error", "param": None, "code": 500}
+    }
+
+
+def test_tenant_secret_derivation() -> None:
+    secret = derive_tenant_secret(KEY)
+    assert secret == derive_tenant_secret(KEY)
+    assert secret != KEY
+    assert secret != derive_tenant_secret(b"j" * 32)
+    with pytest.raises(ConfigError):
+        derive_tenant_secret(b"short")
+
+
+@pytest.mark.parametrize(
+    ("headers", "credential"),
+    [
+        ({"Authorization": "Bearer sk-1"}, "sk-1"),
+        ({"authorization": "bearer  sk-2 "}, "sk-2"),
+        ({"authorization": "Basic abc"}, "Basic abc"),
+        ({"api-key": "azure"}, "azure"),
+        ({"X-Api-Key": "anthropic-style"}, "anthropic-style"),
+        ({}, None),
+    ],
+)
+def test_credentials(headers: dict[str, str], credential: str | None) -> None:
+    assert _credential(headers) == credential
+
+
+def test_strip_usage() -> None:
+    assert _strip_usage(b'{"choices":[],"usage":{"total_tokens":3}}') is None
+    assert _strip_usage(b'{"choices":[{"index":0}],"usage":null}') == b'{"choices":[{"index":0}]}'
+    assert _strip_usage(b'{"choices":[{"index":0}]}') == b'{"choices":[{"index":0}]}'
+    # A provider that reports usage in a chunk with choices: kept, it is part of the answer.
+    kept = b'{"choices":[{"index":0}],"usage":{"total_tokens":3}}'
+    assert _strip_usage(kept) == kept
+
+
+@given(
+    st.integers(min_value=0, max_value=10_000),
+    st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=20),
+)
+def test_attribution_adds_up(total: int, weights: list[int]) -> None:
+    counts = _attribute(total, weights)
+    assert sum(counts) == total
+    assert all(c >= 0 for c in counts)
+    assert len(counts) == len(weights)
+
+
+def test_attribution_is_exact_for_token_counts() -> None:
+    assert _attribute(9, [2, 3, 4]) == [2, 3, 4]
+    assert _attribute(10, [1, 1, 2]) == [2, 3, 5]
