@@ -439,6 +439,7 @@ class Store:
                 entry.queue = _REMOVED
                 entry.bucket = None
             self._data.clear()
+            self._hits += len(self._reads)  # buffered hits were hits; only the policy forgets them
             self._window.clear()
             self._probation.clear()
             self._protected.clear()

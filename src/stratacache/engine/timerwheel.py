@@ -61,6 +61,10 @@ class TimerWheel:
             entry.bucket = None
 
     def _bucket_for(self, expires: float) -> dict[Hashable, TimedEntry]:
+        # An entry already due (the clock went backwards, or a zero delay) goes in the current
+        # bucket, which the next advance, or an exact one, visits; filed by its own time it could
+        # sit unseen until the wheel came round to that slot again.
+        expires = max(expires, self._time)
         delta = expires - self._time
         for level, span in enumerate(_SPANS):
             if delta < span * _BUCKETS or level == _TOP:
