@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from stratacache import __version__
+from stratacache.kv.cli import kv_demo_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,6 +171,10 @@ def demo(
             console=Console(),
         )
     )
+
+
+# The other faces' commands live beside their code; importing them loads no heavy dependency.
+cli.add_command(kv_demo_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
