@@ -72,6 +72,7 @@ _PROBATION: Final = 1
 _PROTECTED: Final = 2
 _REMOVED: Final = 3
 
+_MAX_WEIGHT = 1 << 62  # weights are machine words in the accelerator; no real entry comes close
 _READ_BUFFER = 128  # reads buffered before the policy must see them
 _READ_SAMPLE = _READ_BUFFER // 32  # what a drain applies in a long run of reads
 _EXACT_READS = 1024  # reads after a write that the policy always sees in full
@@ -79,6 +80,7 @@ _INITIAL_WINDOW = 0.01  # of the budget, before the window adapts
 _GHOST_SHARE = 0.12  # each ghost list remembers this share of the capacity in keys
 _GROW_STEP = 1.0  # window units gained per returning refused key (per unit of its weight)
 _SHRINK_STEP = 1.5  # window units lost per returning main-area victim
+_GROW_REACH = 2  # a refused key counts only if it returned within this many windows' inserts
 _PROTECTED_SHARE = 0.80  # of the main area
 _TRANSFER_LIMIT = 1000  # entries moved per window resize, so one resize stays cheap
 _HASHDOS_THRESHOLD = 6  # a candidate this warm is admitted at random 1 time in 128
@@ -104,7 +106,8 @@ class StoreStats:
     evictions: int
     """Entries evicted for size, rejected candidates included."""
     rejections: int
-    """Candidates refused admission (a subset of ``evictions``), and values heavier than the budget."""
+    """Candidates refused admission (also counted in ``evictions``), plus values heavier than the
+    whole budget (refused at ``set``, never stored, so not evictions)."""
     expirations: int
     bytes: int
     """The sum of the live entries' weights."""
@@ -224,8 +227,9 @@ class Store:
         self._reads: list[_Entry] = []
         # Keys recently refused admission, and keys recently evicted from the main area: the
         # window's feedback (see _adapt_window).
-        self._ghost_rejected: OrderedDict[Hashable, None] = OrderedDict()
-        self._ghost_victims: OrderedDict[Hashable, None] = OrderedDict()
+        self._ghost_rejected: OrderedDict[Hashable, int] = OrderedDict()
+        self._ghost_victims: OrderedDict[Hashable, int] = OrderedDict()
+        self._insertions = 0
         self._window_drift = 0.0
         self._reads_since_write = 0
         self._next_reap = 0.0
@@ -306,10 +310,7 @@ class Store:
         return default if entry is None else entry.value
 
     def __contains__(self, key: object) -> bool:
-        try:
-            return self._live(key) is not None  # type: ignore[arg-type]
-        except InvalidKeyError:
-            return False
+        return self._live(key) is not None  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         self._reap(exact=True)
@@ -476,15 +477,21 @@ class Store:
             raise InvalidTTLError(f"TTL must be a number of seconds, not {type(ttl).__name__}")
         if not math.isfinite(ttl) or ttl <= 0:
             raise InvalidTTLError(f"TTL must be a finite number of seconds > 0, not {ttl!r}")
-        return self._clock() + ttl
+        expires = self._clock() + ttl
+        # 0.0 means "never expires" in an entry; a clock that reads exactly -ttl must not say so.
+        return expires if expires != 0.0 else math.ulp(0.0)
 
     def _weigh(self, key: Key, value: Any) -> int:
         try:
             weight = self._weigher(key, value)
         except Exception as exc:
             raise WeigherError(f"the weigher raised on key {key!r}: {exc!r}") from exc
-        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
-            raise WeigherError(f"the weigher must return an int >= 0, not {weight!r}")
+        if (
+            not isinstance(weight, int)
+            or isinstance(weight, bool)
+            or not 0 <= weight <= _MAX_WEIGHT
+        ):
+            raise WeigherError(f"the weigher must return an int in [0, 2**62], not {weight!r}")
         return weight
 
     def _put(
@@ -507,6 +514,7 @@ class Store:
         if entry is None:
             if self._bounded:
                 self._adapt_window(key, units)
+            self._insertions += 1
             entry = self._new_entry(key, value, weight, expires)
             self._data[key] = entry
             self._window[key] = entry
@@ -682,7 +690,7 @@ class Store:
 
     def _evict_entry(self, entry: _Entry, cause: RemovalCause, removed: list[_Removal]) -> None:
         ghost = self._ghost_rejected if cause is RemovalCause.REJECTED else self._ghost_victims
-        ghost[entry.key] = None
+        ghost[entry.key] = self._insertions
         if len(ghost) > self._ghost_limit():
             ghost.popitem(last=False)
         self._unlink(entry)
@@ -712,12 +720,19 @@ class Store:
 
         Growing steps are smaller than shrinking ones: a refused key that returns is weaker
         evidence (it may be a one-off that came back once) than a proven entry lost from main.
+        And a refused key counts only if it came back soon enough that a window twice the size
+        would have kept it: the gradient is local, and without that bound a loop slightly longer
+        than the cache (every refused key returns, but no window short of the whole budget would
+        hold it) drove the window to LRU and the hit rate from 88 % to 13 %.
         """
-        if key in self._ghost_rejected:
-            del self._ghost_rejected[key]
+        refused_at = self._ghost_rejected.pop(key, None)
+        if refused_at is not None:
+            if self._insertions - refused_at > _GROW_REACH * len(self._window) + 1:
+                # A window twice today's size would not have kept it either (a loop a little
+                # longer than the cache looks like this): no evidence for a small step.
+                return
             self._window_drift += units * _GROW_STEP
-        elif key in self._ghost_victims:
-            del self._ghost_victims[key]
+        elif self._ghost_victims.pop(key, None) is not None:
             self._window_drift -= units * _SHRINK_STEP
         else:
             return
@@ -728,20 +743,27 @@ class Store:
             self._shrink_window(-step)
         self._window_drift -= step
 
+    def _resize_window(self, limit: int) -> int:
+        """Set the window's limit (kept within [1, budget - 1]); return the change."""
+        limit = max(1, min(limit, self._limit - 1))
+        change = limit - self._window_limit
+        self._window_limit = limit
+        # Protected keeps its share of whatever the main area is now.
+        self._protected_limit = int((self._limit - limit) * _PROTECTED_SHARE)
+        return change
+
     def _grow_window(self, quota: int) -> None:
-        quota = min(quota, self._protected_limit)
+        quota = self._resize_window(self._window_limit + quota)
         if quota <= 0:
             return
-        self._protected_limit -= quota
-        self._window_limit += quota
         self._demote_protected()
+        # Move the main area's least recently used entries into the window's MRU end, so the
+        # window fills with what the main area valued least (Caffeine does the same).
         by_bytes = self._by_bytes
         for _ in range(_TRANSFER_LIMIT):
-            segment = self._probation
+            segment = self._probation or self._protected
             if not segment:
-                segment = self._protected
-                if not segment:
-                    break
+                break
             key, entry = next(iter(segment.items()))
             units = entry.weight if by_bytes else 1
             if quota < units:
@@ -753,16 +775,11 @@ class Store:
             entry.queue = _WINDOW
             self._window[key] = entry
             self._window_weight += units
-        # Hand back what could not be moved.
-        self._protected_limit += quota
-        self._window_limit -= quota
 
     def _shrink_window(self, quota: int) -> None:
-        quota = min(quota, max(0, self._window_limit - 1))
+        quota = -self._resize_window(self._window_limit - quota)
         if quota <= 0:
             return
-        self._protected_limit += quota
-        self._window_limit -= quota
         by_bytes = self._by_bytes
         window = self._window
         for _ in range(_TRANSFER_LIMIT):
@@ -777,8 +794,6 @@ class Store:
             self._window_weight -= units
             entry.queue = _PROBATION
             self._probation[key] = entry
-        self._protected_limit -= quota
-        self._window_limit += quota
 
     # -- expiry
 
