@@ -35,16 +35,27 @@ from stratacache.errors import (
 )
 
 if TYPE_CHECKING:
+    from stratacache.config import Settings
     from stratacache.engine import RemovalCause, Store, StoreStats
+    from stratacache.llm.cache import LLMCache, RoutePolicy
+    from stratacache.tiers import MemoryTier, SQLiteTier, Tier, TierChain, TierEntry
 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it. Resolved on first use (PEP 562) so that
 # ``import stratacache`` stays cheap however many faces the package grows.
 _LAZY = {
+    "LLMCache": "stratacache.llm.cache",
+    "MemoryTier": "stratacache.tiers",
     "RemovalCause": "stratacache.engine",
+    "RoutePolicy": "stratacache.llm.cache",
+    "SQLiteTier": "stratacache.tiers",
+    "Settings": "stratacache.config",
     "Store": "stratacache.engine",
     "StoreStats": "stratacache.engine",
+    "Tier": "stratacache.tiers",
+    "TierChain": "stratacache.tiers",
+    "TierEntry": "stratacache.tiers",
 }
 
 
@@ -68,16 +79,24 @@ __all__ = [
     "EngineError",
     "InvalidKeyError",
     "InvalidTTLError",
+    "LLMCache",
+    "MemoryTier",
     "MissingExtraError",
     "NotAnIntegerError",
     "RecordError",
     "RecordFormatError",
     "RemovalCause",
     "RequestError",
+    "RoutePolicy",
+    "SQLiteTier",
+    "Settings",
     "SignatureError",
     "Store",
     "StoreStats",
     "StrataError",
+    "Tier",
+    "TierChain",
+    "TierEntry",
     "TierError",
     "TierUnavailableError",
     "UpstreamError",
