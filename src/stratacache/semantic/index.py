@@ -1,0 +1,549 @@
+"""In-process vector indexes, one shard per context partition, persisted to one file.
+
+Each partition (see :attr:`stratacache.llm.keys.CacheKey.partition`) gets its own shard, so a search
+can only ever see entries of the caller's partition: isolation is structural, not a filter that a
+bug could forget. :class:`USearchIndex` keeps an HNSW graph per shard (usearch); :class:`ExactIndex`
+scans a numpy matrix and is the fallback when usearch is not installed (and the faster choice for
+the many small partitions a conversational workload creates). :func:`default_index` picks one.
+
+Expiry is checked against the injected wall clock on every search; expired entries are dropped as
+they are met and by :meth:`purge_expired`.
+
+Persistence (:meth:`save` / :meth:`load`) writes one file: a magic line, a JSON header (dimension
+and, per entry, id, partition, text and expiry), the vectors as raw little-endian float32, and a
+SHA-256 trailer. It is written to a temporary file and renamed, so a crash leaves the old file; a
+file that fails its checksum raises :class:`~stratacache.errors.TierError` rather than loading
+half an index. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from stratacache.errors import ConfigError, MissingExtraError, TierError
+from stratacache.semantic.base import Match
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Vectors = npt.NDArray[np.float32]
+
+__all__ = ["ExactIndex", "USearchIndex", "default_index", "vector_file_for"]
+
+_MAGIC = b"STRATACACHE-VECTORS\n"
+_VERSION = 1
+_DIGEST = 32
+
+_IndexT = TypeVar("_IndexT", bound="_ShardedIndex")
+
+
+def vector_file_for(sqlite_path: Path | str) -> Path:
+    """The vector file kept beside a SQLite tier's database: ``<db>.vectors``."""
+    path = Path(sqlite_path)
+    return path.with_name(path.name + ".vectors")
+
+
+def default_index(
+    dimension: int, *, clock: Callable[[], float] = time.time
+) -> ExactIndex | USearchIndex:
+    """A :class:`USearchIndex` when usearch is installed, else an :class:`ExactIndex`."""
+    try:
+        import usearch.index  # noqa: F401
+    except ImportError:
+        return ExactIndex(dimension, clock=clock)
+    return USearchIndex(dimension, clock=clock)
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as exc:
+        raise MissingExtraError("numpy", "semantic") from exc
+    return numpy
+
+
+@dataclass(slots=True)
+class _Entry:
+    partition: str
+    label: int
+    text: str
+    expires_at: float | None
+
+
+class _Shard(Protocol):
+    def add(self, label: int, vector: Vectors) -> None: ...
+    def remove(self, label: int) -> None: ...
+    def search(self, vector: Vectors, k: int) -> list[tuple[int, float]]: ...
+    def get(self, label: int) -> Vectors: ...
+    def __len__(self) -> int: ...
+
+
+class _ExactShard:
+    """A growable matrix of rows; removal moves the last row into the hole."""
+
+    def __init__(self, dimension: int) -> None:
+        np = _numpy()
+        self._np = np
+        self._matrix = np.zeros((4, dimension), dtype=np.float32)
+        self._labels: list[int] = []
+        self._rows: dict[int, int] = {}
+
+    def add(self, label: int, vector: Vectors) -> None:
+        row = len(self._labels)
+        if row == self._matrix.shape[0]:
+            grown = self._np.zeros((row * 2, self._matrix.shape[1]), dtype=self._np.float32)
+            grown[:row] = self._matrix
+            self._matrix = grown
+        self._matrix[row] = vector
+        self._labels.append(label)
+        self._rows[label] = row
+
+    def remove(self, label: int) -> None:
+        row = self._rows.pop(label)
+        last = len(self._labels) - 1
+        if row != last:
+            moved = self._labels[last]
+            self._matrix[row] = self._matrix[last]
+            self._labels[row] = moved
+            self._rows[moved] = row
+        self._labels.pop()
+
+    def search(self, vector: Vectors, k: int) -> list[tuple[int, float]]:
+        n = len(self._labels)
+        if n == 0:
+            return []
+        scores = self._matrix[:n] @ vector
+        if k < n:
+            top = self._np.argpartition(-scores, k - 1)[:k]
+        else:
+            top = self._np.arange(n)
+        top = top[self._np.argsort(-scores[top], kind="stable")]
+        return [(self._labels[int(i)], float(scores[int(i)])) for i in top]
+
+    def get(self, label: int) -> Vectors:
+        out: Vectors = self._matrix[self._rows[label]].copy()
+        return out
+
+    def labels(self) -> list[int]:
+        return list(self._labels)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+
+class _USearchShard:
+    """One usearch HNSW graph over inner product (= cosine on unit vectors), float32 storage."""
+
+    def __init__(self, dimension: int, connectivity: int, expansion_search: int) -> None:
+        try:
+            from usearch.index import Index
+        except ImportError as exc:
+            raise MissingExtraError("usearch", "semantic") from exc
+        self._np = _numpy()
+        self._index = Index(
+            ndim=dimension,
+            metric="ip",
+            dtype="f32",
+            connectivity=connectivity,
+            expansion_search=expansion_search,
+        )
+
+    def add(self, label: int, vector: Vectors) -> None:
+        self._index.add(label, vector)
+
+    def remove(self, label: int) -> None:
+        self._index.remove(label)
+
+    def search(self, vector: Vectors, k: int) -> list[tuple[int, float]]:
+        if len(self._index) == 0:
+            return []
+        found = self._index.search(vector, k)
+        # usearch reports inner-product distance as 1 - dot.
+        return [
+            (int(key), 1.0 - float(dist))
+            for key, dist in zip(found.keys, found.distances, strict=True)
+        ]
+
+    def get(self, label: int) -> Vectors:
+        out: Vectors = self._np.asarray(self._index.get(label), dtype=self._np.float32)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class _ShardedIndex:
+    """The bookkeeping both indexes share: ids, partitions, expiry, persistence, locking."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, dimension: int, *, clock: Callable[[], float] = time.time) -> None:
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+            raise ConfigError(f"dimension must be a positive int, not {dimension!r}")
+        self._dimension = dimension
+        self._clock = clock
+        self._np = _numpy()
+        self._entries: dict[str, _Entry] = {}
+        self._ids: dict[int, str] = {}
+        self._shards: dict[str, _Shard] = {}
+        self._next_label = 1
+        self._lock = threading.RLock()
+
+    def _new_shard(self) -> _Shard:
+        raise NotImplementedError
+
+    def _grown(self, shard: _Shard) -> _Shard:
+        """The shard to keep after an add (a subclass may swap in a bigger structure)."""
+        return shard
+
+    @property
+    def dimension(self) -> int:
+        """The length every vector must have."""
+        return self._dimension
+
+    def add(
+        self,
+        partition: str,
+        id: str,
+        vector: Vectors,
+        *,
+        text: str = "",
+        expires_at: float | None = None,
+    ) -> None:
+        """Add (or replace) ``id`` in ``partition``; the vector is normalised on the way in.
+
+        :raises ConfigError: bad partition, id, text, expiry or vector; the index is unchanged.
+        """
+        _check_name("partition", partition)
+        _check_name("id", id)
+        if not isinstance(text, str):
+            raise ConfigError(f"text must be a str, not {type(text).__name__}")
+        _check_encodable("text", text)
+        if expires_at is not None and (
+            isinstance(expires_at, bool)
+            or not isinstance(expires_at, int | float)
+            or not math.isfinite(expires_at)
+        ):
+            raise ConfigError(f"expires_at must be a finite number or None, not {expires_at!r}")
+        unit = self._vector(vector)
+        with self._lock:
+            if id in self._entries:
+                self._remove_locked(id)
+            label = self._next_label
+            self._next_label += 1
+            shard = self._shards.get(partition)
+            if shard is None:
+                shard = self._shards[partition] = self._new_shard()
+            shard.add(label, unit)
+            self._shards[partition] = self._grown(shard)
+            self._entries[id] = _Entry(partition, label, text, expires_at)
+            self._ids[label] = id
+
+    def remove(self, id: str) -> bool:
+        """Remove ``id``; ``True`` if it was present."""
+        with self._lock:
+            if id not in self._entries:
+                return False
+            self._remove_locked(id)
+            return True
+
+    def remove_partition(self, partition: str) -> int:
+        """Remove every entry of ``partition``; return how many."""
+        with self._lock:
+            doomed = [i for i, e in self._entries.items() if e.partition == partition]
+            for id in doomed:
+                self._remove_locked(id)
+            return len(doomed)
+
+    def remove_where(self, predicate: Callable[[str], bool]) -> int:
+        """Remove every entry whose id satisfies ``predicate``; return how many."""
+        with self._lock:
+            doomed = [i for i in self._entries if predicate(i)]
+            for id in doomed:
+                self._remove_locked(id)
+            return len(doomed)
+
+    def purge_expired(self) -> int:
+        """Drop every expired entry now; return how many."""
+        now = self._clock()
+        with self._lock:
+            doomed = [i for i, e in self._entries.items() if _expired(e, now)]
+            for id in doomed:
+                self._remove_locked(id)
+            return len(doomed)
+
+    def search(self, partition: str, vector: Vectors, k: int = 1) -> list[Match]:
+        """Return up to ``k`` live entries of ``partition``, best first; expired ones are dropped."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive int, not {k!r}")
+        _check_name("partition", partition)
+        unit = self._vector(vector)
+        now = self._clock()
+        with self._lock:
+            shard = self._shards.get(partition)
+            if shard is None:
+                return []
+            fetch = k
+            while True:
+                found = shard.search(unit, min(fetch, len(shard)))
+                live: list[Match] = []
+                expired: list[str] = []
+                for label, score in found:
+                    id = self._ids[label]
+                    entry = self._entries[id]
+                    if _expired(entry, now):
+                        expired.append(id)
+                    else:
+                        live.append(Match(id, min(score, 1.0), entry.text))
+                for id in expired:
+                    self._remove_locked(id)
+                if len(live) >= k or not expired or partition not in self._shards:
+                    return live[:k]
+                fetch = k  # the expired ones are gone; ask again for the rest
+
+    def __contains__(self, id: object) -> bool:
+        """Whether a live entry is stored under ``id``."""
+        with self._lock:
+            entry = self._entries.get(id) if isinstance(id, str) else None
+            return entry is not None and not _expired(entry, self._clock())
+
+    def __len__(self) -> int:
+        """How many entries are stored (expired ones not yet dropped included)."""
+        return len(self._entries)
+
+    def partitions(self) -> list[str]:
+        """The partitions holding at least one entry."""
+        with self._lock:
+            return list(self._shards)
+
+    def save(self, path: Path | str) -> None:
+        """Write every live entry to ``path`` atomically (temporary file, fsync, rename).
+
+        :raises TierError: the file cannot be written.
+        """
+        path = Path(path)
+        now = self._clock()
+        with self._lock:
+            ids = [i for i, e in self._entries.items() if not _expired(e, now)]
+            header = {
+                "version": _VERSION,
+                "kind": self.kind,
+                "dimension": self._dimension,
+                "entries": [
+                    [
+                        i,
+                        self._entries[i].partition,
+                        self._entries[i].text,
+                        self._entries[i].expires_at,
+                    ]
+                    for i in ids
+                ],
+            }
+            matrix = self._np.zeros((len(ids), self._dimension), dtype="<f4")
+            for row, id in enumerate(ids):
+                entry = self._entries[id]
+                matrix[row] = self._shards[entry.partition].get(entry.label)
+        head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        body = _MAGIC + struct.pack("<I", len(head)) + head + matrix.tobytes()
+        blob = body + hashlib.sha256(body).digest()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TierError(f"cannot write the vector file {path}: {exc}") from None
+
+    @classmethod
+    def load(
+        cls: type[_IndexT], path: Path | str, *, clock: Callable[[], float] = time.time
+    ) -> _IndexT:
+        """Rebuild an index from a file written by :meth:`save` (by either index class).
+
+        Entries that expired while the process was down are skipped.
+
+        :raises TierError: the file is missing, unreadable, corrupt or from a newer version.
+        """
+        path = Path(path)
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise TierError(f"cannot read the vector file {path}: {exc}") from None
+        body, digest = blob[:-_DIGEST], blob[-_DIGEST:]
+        if len(blob) < len(_MAGIC) + 4 + _DIGEST or not blob.startswith(_MAGIC):
+            raise TierError(f"{path} is not a stratacache vector file")
+        if hashlib.sha256(body).digest() != digest:
+            raise TierError(f"the vector file {path} is corrupt (checksum mismatch)")
+        offset = len(_MAGIC)
+        (size,) = struct.unpack_from("<I", body, offset)
+        offset += 4
+        try:
+            header = json.loads(body[offset : offset + size].decode("utf-8"))
+            version = header["version"]
+            dimension = header["dimension"]
+            entries = header["entries"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TierError(f"the vector file {path} has a bad header: {exc!r}") from None
+        if version != _VERSION:
+            raise TierError(f"the vector file {path} has version {version!r}, expected {_VERSION}")
+        np = _numpy()
+        raw = body[offset + size :]
+        if (
+            not isinstance(dimension, int)
+            or not isinstance(entries, list)
+            or dimension < 1
+            or len(raw) != len(entries) * dimension * 4
+        ):
+            raise TierError(f"the vector file {path} has the wrong size")
+        matrix = np.frombuffer(raw, dtype="<f4").reshape(len(entries), dimension)
+        index = cls(dimension, clock=clock)
+        now = clock()
+        try:
+            for row, (id, partition, text, expires_at) in enumerate(entries):
+                if expires_at is not None and expires_at <= now:
+                    continue
+                index.add(partition, id, matrix[row], text=text, expires_at=expires_at)
+        except (ConfigError, ValueError, TypeError) as exc:
+            raise TierError(f"the vector file {path} holds a bad entry: {exc}") from None
+        return index
+
+    @classmethod
+    def open(
+        cls: type[_IndexT],
+        path: Path | str,
+        dimension: int,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> _IndexT:
+        """Load ``path`` when it exists, else return an empty index (the start-up path).
+
+        :raises TierError: the file exists but cannot be loaded, or holds another dimension.
+        """
+        if not Path(path).exists():
+            return cls(dimension, clock=clock)
+        index = cls.load(path, clock=clock)
+        if index.dimension != dimension:
+            raise TierError(
+                f"the vector file {path} holds {index.dimension}-d vectors, expected {dimension}"
+                " (was the embedder changed? delete the file to rebuild)"
+            )
+        return index
+
+    def _remove_locked(self, id: str) -> None:
+        entry = self._entries.pop(id)
+        del self._ids[entry.label]
+        shard = self._shards[entry.partition]
+        shard.remove(entry.label)
+        if len(shard) == 0:
+            del self._shards[entry.partition]
+
+    def _vector(self, vector: Vectors) -> Vectors:
+        np = self._np
+        try:
+            array = np.asarray(vector, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"not a vector: {exc}") from None
+        if array.shape[0] != self._dimension:
+            raise ConfigError(f"expected a {self._dimension}-d vector, got {array.shape[0]}-d")
+        if not np.isfinite(array).all():
+            raise ConfigError("a vector holds NaN or an infinity")
+        norm = float(np.linalg.norm(array))
+        out: Vectors = array / norm if norm > 0 else array.copy()
+        return np.ascontiguousarray(out, dtype=np.float32)  # type: ignore[no-any-return]
+
+
+class ExactIndex(_ShardedIndex):
+    """Exact cosine search over a numpy matrix per partition (no extra dependency beyond numpy).
+
+    :param dimension: the vector length.
+    :param clock: wall-clock Unix seconds (default ``time.time``); tests pass a fake.
+    """
+
+    kind: ClassVar[str] = "exact"
+
+    def _new_shard(self) -> _Shard:
+        return _ExactShard(self._dimension)
+
+
+class USearchIndex(_ShardedIndex):
+    """Approximate (HNSW) cosine search with usearch, one graph per large partition.
+
+    :param dimension: the vector length.
+    :param clock: wall-clock Unix seconds (default ``time.time``).
+    :param connectivity: HNSW neighbours per node (usearch's ``M``).
+    :param expansion_search: the search beam (higher: better recall, slower).
+    :param exact_below: a partition's entries are scanned exactly until it holds more than this
+        many, then moved into a graph (0: a graph from the first entry).
+    :raises MissingExtraError: usearch is not installed.
+    """
+
+    kind: ClassVar[str] = "usearch"
+
+    def __init__(
+        self,
+        dimension: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        connectivity: int = 16,
+        expansion_search: int = 64,
+        exact_below: int = 256,
+    ) -> None:
+        super().__init__(dimension, clock=clock)
+        try:
+            import usearch.index  # noqa: F401
+        except ImportError as exc:
+            raise MissingExtraError("usearch", "semantic") from exc
+        if isinstance(exact_below, bool) or not isinstance(exact_below, int) or exact_below < 0:
+            raise ConfigError(f"exact_below must be an int >= 0, not {exact_below!r}")
+        self._connectivity = connectivity
+        self._expansion_search = expansion_search
+        self._exact_below = exact_below
+
+    def _new_shard(self) -> _Shard:
+        if self._exact_below > 0:
+            return _ExactShard(self._dimension)
+        return _USearchShard(self._dimension, self._connectivity, self._expansion_search)
+
+    def _grown(self, shard: _Shard) -> _Shard:
+        # A conversation partition usually holds a handful of entries: a numpy scan is faster
+        # there than a graph and costs a fraction of its memory. Past ``exact_below`` entries the
+        # shard moves into an HNSW graph (once; it does not move back when it shrinks).
+        if not isinstance(shard, _ExactShard) or len(shard) <= self._exact_below:
+            return shard
+        graph = _USearchShard(self._dimension, self._connectivity, self._expansion_search)
+        for label in shard.labels():
+            graph.add(label, shard.get(label))
+        return graph
+
+
+def _check_name(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty str, not {value!r}")
+    _check_encodable(what, value)
+
+
+def _check_encodable(what: str, value: str) -> None:
+    # The vector file stores text as UTF-8; a lone surrogate would only fail at save time.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} is not valid Unicode text: {value!r}") from None
+
+
+def _expired(entry: _Entry, now: float) -> bool:
+    return entry.expires_at is not None and entry.expires_at <= now

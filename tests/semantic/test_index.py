@@ -1,0 +1,184 @@
+"""The index contract for every implementation, and persistence beside the SQLite tier."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stratacache.errors import ConfigError, MissingExtraError, TierError
+from stratacache.semantic import (
+    ExactIndex,
+    USearchIndex,
+    VectorIndex,
+    default_index,
+    vector_file_for,
+)
+
+from .conftest import DIMENSION, INDEX_FACTORIES, IndexFactory
+from .contract import VectorIndexContract
+from .helpers import FakeClock, unit
+
+
+class TestVectorIndexContract(VectorIndexContract):
+    """The contract, once per ``index`` parameter: exact, usearch."""
+
+
+def test_vector_file_sits_beside_the_database(tmp_path: Path) -> None:
+    assert vector_file_for(tmp_path / "cache.sqlite3") == tmp_path / "cache.sqlite3.vectors"
+
+
+def test_default_index_is_usearch_when_installed() -> None:
+    pytest.importorskip("usearch")
+    assert isinstance(default_index(8), USearchIndex)
+
+
+@pytest.mark.parametrize("loader", sorted(INDEX_FACTORIES))
+def test_save_and_rebuild_keeps_live_entries(
+    index_factory: IndexFactory, loader: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    index = index_factory(DIMENSION, clock)
+    index.add("p", "k1", unit(DIMENSION, 0), text="first", expires_at=clock() + 100)
+    index.add("p", "k2", unit(DIMENSION, 1), text="second")
+    index.add("q", "k3", unit(DIMENSION, 0), text="other partition")
+    index.add("p", "gone", unit(DIMENSION, 2), expires_at=clock() + 5)
+    path = vector_file_for(tmp_path / "db" / "cache.sqlite3")
+    index.save(path)  # type: ignore[attr-defined]
+    cls = ExactIndex if loader == "exact" else USearchIndex
+    if loader == "usearch":
+        pytest.importorskip("usearch")
+    clock.advance(10)  # "gone" expires while the process is down
+    rebuilt = cls.load(path, clock=clock)
+    assert len(rebuilt) == 3
+    assert "gone" not in rebuilt
+    [m1, m2] = rebuilt.search("p", unit(DIMENSION, 0), k=5)
+    assert (m1.id, m1.text, m2.id) == ("k1", "first", "k2")
+    assert m1.score == pytest.approx(1.0, abs=1e-5)
+    assert [m.id for m in rebuilt.search("q", unit(DIMENSION, 0), k=5)] == ["k3"]
+    clock.advance(90)  # the expiry survived the round trip
+    assert [m.id for m in rebuilt.search("p", unit(DIMENSION, 0), k=5)] == ["k2"]
+
+
+def test_open_starts_empty_without_a_file_and_rebuilds_with_one(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "cache.sqlite3.vectors"
+    index = ExactIndex.open(path, DIMENSION, clock=clock)
+    assert len(index) == 0
+    index.add("p", "k", unit(DIMENSION, 0), text="t")
+    index.save(path)
+    assert [
+        m.id for m in ExactIndex.open(path, DIMENSION, clock=clock).search("p", unit(DIMENSION, 0))
+    ] == ["k"]
+    with pytest.raises(TierError, match="expected 8"):
+        ExactIndex.open(path, 8, clock=clock)
+
+
+def test_save_leaves_no_temporary_file_and_replaces_atomically(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "v"
+    index = ExactIndex(DIMENSION, clock=clock)
+    index.add("p", "k", unit(DIMENSION, 0))
+    index.save(path)
+    index.remove("k")
+    index.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["v"]
+    assert len(ExactIndex.load(path, clock=clock)) == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:-1] + bytes([b[-1] ^ 1]),  # checksum
+        lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:],  # header
+        lambda b: b[:-40],  # truncated
+        lambda b: b"not a vector file at all" * 3,
+        lambda b: b"",
+    ],
+)
+def test_a_damaged_file_raises_tier_error(
+    damage: Callable[[bytes], bytes], clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "v"
+    index = ExactIndex(DIMENSION, clock=clock)
+    index.add("p", "k", unit(DIMENSION, 0), text="t")
+    index.save(path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(TierError):
+        ExactIndex.load(path, clock=clock)
+
+
+def test_missing_file_raises_tier_error(tmp_path: Path) -> None:
+    with pytest.raises(TierError):
+        ExactIndex.load(tmp_path / "absent")
+
+
+def test_the_file_holds_raw_float32_not_pickle(clock: FakeClock, tmp_path: Path) -> None:
+    path = tmp_path / "v"
+    index = ExactIndex(DIMENSION, clock=clock)
+    vector = unit(DIMENSION, 0, 1, 2, 3)  # 0.5 each: exact in float32, whatever the rounding
+    index.add("p", "k", vector, text="t")
+    index.save(path)
+    blob = path.read_bytes()
+    assert blob.startswith(b"STRATACACHE-VECTORS\n")
+    assert vector.astype("<f4").tobytes() in blob
+    assert b"\x80\x04" not in blob[:2]  # not a pickle stream
+
+
+def test_many_small_partitions(clock: FakeClock) -> None:
+    index = ExactIndex(DIMENSION, clock=clock)
+    rng = np.random.default_rng(3)
+    for i in range(200):
+        index.add(f"conv{i}", f"k{i}", rng.standard_normal(DIMENSION).astype(np.float32))
+    assert len(index.partitions()) == 200
+    for i in (0, 57, 199):
+        found = index.search(f"conv{i}", rng.standard_normal(DIMENSION).astype(np.float32), k=5)
+        assert [m.id for m in found] == [f"k{i}"]
+
+
+def test_without_usearch_the_default_is_exact_and_usearch_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "usearch", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "usearch.index", None)
+    assert type(default_index(8)) is ExactIndex
+    with pytest.raises(MissingExtraError, match=r"stratacache\[semantic\]"):
+        USearchIndex(8)
+
+
+def test_a_large_partition_moves_into_a_graph_and_keeps_its_entries(clock: FakeClock) -> None:
+    pytest.importorskip("usearch")
+    index = USearchIndex(DIMENSION, clock=clock, exact_below=4)
+    for i in range(DIMENSION):
+        index.add("p", f"k{i}", unit(DIMENSION, i), text=str(i))
+    assert "usearch" in type(index._shards["p"]).__name__.lower()
+    for i in range(DIMENSION):
+        [match] = index.search("p", unit(DIMENSION, i))
+        assert (match.id, match.text) == (f"k{i}", str(i))
+
+
+def test_text_that_cannot_be_saved_is_rejected_on_add(index: VectorIndex) -> None:
+    for bad in ({"partition": "\ud800"}, {"id": "k\udfff"}, {"text": "half \ud83d"}):
+        args = {"partition": "p", "id": "k", "text": "t", **bad}
+        with pytest.raises(ConfigError):
+            index.add(args["partition"], args["id"], unit(DIMENSION, 0), text=args["text"])
+    assert len(index) == 0
+
+
+def test_a_file_with_a_bad_entry_raises_tier_error(clock: FakeClock, tmp_path: Path) -> None:
+    import hashlib
+    import json
+    import struct
+
+    head = json.dumps(
+        {"version": 1, "kind": "exact", "dimension": 2, "entries": [["k", "", "t", None]]}
+    ).encode()
+    body = b"STRATACACHE-VECTORS\n" + struct.pack("<I", len(head)) + head + b"\x00" * 8
+    path = tmp_path / "v"
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(TierError, match="bad entry"):
+        ExactIndex.load(path, clock=clock)
