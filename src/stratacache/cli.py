@@ -46,6 +46,17 @@ def cli() -> None:
     default=None,
     help="Bearer token for the admin endpoints (or STRATA_ADMIN_TOKEN); unset: disabled.",
 )
+@click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    help="redis:// URL of a Redis shared by several instances (or STRATA_REDIS_URL).",
+)
+@click.option(
+    "--chain",
+    default=None,
+    help="Tiers, fastest first: memory,sqlite | memory,redis | memory,sqlite,redis.",
+)
 @click.option("--log-level", default=None, help="critical, error, warning, info or debug.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as JSON and exit.")
 def serve(
@@ -56,6 +67,8 @@ def serve(
     data_dir: Path | None,
     config_file: Path | None,
     admin_token: str | None,
+    redis_url: str | None,
+    chain: str | None,
     log_level: str | None,
     print_config: bool,
 ) -> None:
@@ -73,6 +86,8 @@ def serve(
         "upstream": upstream,
         "data_dir": data_dir,
         "admin_token": admin_token,
+        "redis_url": redis_url,
+        "chain": chain,
         "log_level": log_level,
     }
     try:
@@ -89,8 +104,11 @@ def _settings_json(settings: Any) -> str:
     import dataclasses
     import json
 
+    from stratacache.config import redact_url
+
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
     values["admin_token"] = "<set>" if settings.admin_token else None
+    values["redis_url"] = settings.redis_url and redact_url(settings.redis_url)
     values["routes"] = {
         str(route.value): {
             "mode": policy.mode.value,
@@ -111,6 +129,7 @@ def _serve(settings: Any) -> None:  # pragma: no cover - exercised in a subproce
 
     from stratacache.errors import StrataError
     from stratacache.proxy.app import create_app
+    from stratacache.proxy.server import http_protocol
 
     try:
         app = create_app(settings)
@@ -126,10 +145,13 @@ def _serve(settings: Any) -> None:  # pragma: no cover - exercised in a subproce
         host=settings.host,
         port=settings.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # One socket write per response (headers and body together); falls back to h11.
+        http=http_protocol(),
         ws="none",
         lifespan="on",
         log_level=settings.log_level,
+        # Below info uvicorn would still format every access line and then drop it.
+        access_log=settings.log_level in ("trace", "debug", "info"),
         server_header=False,
     )
 

@@ -342,3 +342,172 @@ def test_attribution_adds_up(total: int, weights: list[int]) -> None:
 def test_attribution_is_exact_for_token_counts() -> None:
     assert _attribute(9, [2, 3, 4]) == [2, 3, 4]
     assert _attribute(10, [1, 1, 2]) == [2, 3, 5]
+
+
+# --- verified records ----------------------------------------------------------------------------
+
+
+class CountingCodec(RecordCodec):
+    """The real codec, counting the records it decodes (and so verifies)."""
+
+    def __init__(self, signer: HmacSigner) -> None:
+        super().__init__(signer)
+        self.decodes = 0
+
+    def decode(
+        self, data: bytes | bytearray | memoryview, *, expected_key: str | None = None
+    ) -> Record:
+        self.decodes += 1
+        return super().decode(data, expected_key=expected_key)
+
+
+def counting_cache(tiers: TierChain, upstream: HTTPUpstream, clock: Clock) -> LLMCache:
+    return LLMCache(
+        tiers,
+        CountingCodec(HmacSigner(KEY)),
+        upstream,
+        tenant_secret=derive_tenant_secret(KEY),
+        clock=clock,
+    )
+
+
+async def test_a_memory_hit_reuses_the_record_verified_or_signed_before(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache = counting_cache(tiers, upstream, clock)
+    codec = cache.codec
+    assert isinstance(codec, CountingCodec)
+    assert (
+        await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    ).cache is CacheStatus.MISS
+    for _ in range(3):
+        hit = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+        assert (hit.cache, hit.tier) == (CacheStatus.HIT, "memory")
+    assert codec.decodes == 0  # the cache signed this record itself
+
+    # Another process (a restart): the SQLite copy is verified once, the memory copy reused.
+    await tiers.tiers[0].clear()
+    other = counting_cache(tiers, upstream, clock)
+    other_codec = other.codec
+    assert isinstance(other_codec, CountingCodec)
+    tiers_seen = [
+        (await other.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))).tier for _ in range(3)
+    ]
+    assert tiers_seen == ["sqlite", "memory", "memory"]
+    assert other_codec.decodes == 1
+    assert fake.calls["/v1/chat/completions"] == 1
+
+
+async def test_durable_reads_are_verified_every_time(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock
+) -> None:
+    cache = counting_cache(tiers, upstream, clock)
+    codec = cache.codec
+    assert isinstance(codec, CountingCodec)
+    await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    for expected in (1, 2):
+        await tiers.tiers[0].clear()  # every hit now comes from SQLite, as a new object
+        hit = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+        assert hit.tier == "sqlite"
+        assert codec.decodes == expected
+
+
+async def test_a_replaced_memory_entry_is_verified_again(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    # A record was verified for this key; the memory tier now holds other bytes under it (forged
+    # with another key). Those are verified, fail, are deleted, and the upstream answers.
+    cache, metrics = make_cache(tiers, upstream, clock)
+    miss = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert miss.key is not None
+    memory = tiers.tiers[0]
+    entry = await memory.get(miss.key)
+    assert entry is not None
+    record = cache.codec.decode(entry.value, expected_key=miss.key)
+    forged = RecordCodec(HmacSigner(b"f" * 32)).encode(record)
+    await memory.set(miss.key, TierEntry(forged, namespace=entry.namespace))
+    again = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert again.cache is CacheStatus.MISS
+    assert metrics.value("strata_verification_failures_total", tier="memory") == 1
+    assert fake.calls["/v1/chat/completions"] == 2
+
+
+@pytest.mark.parametrize("how", ["key", "tag", "namespace", "flush"])
+async def test_invalidation_forgets_verified_records(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream, how: str
+) -> None:
+    cache, _metrics = make_cache(tiers, upstream, clock)
+    headers = {**AUTH, "x-cache-tags": "t1", "x-cache-namespace": "ns1"}
+    kept = {**CHAT, "messages": [{"role": "user", "content": "kept"}]}
+    first = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=headers))
+    await cache.handle(LLMRequest(Route.CHAT, kept, headers=AUTH))
+    assert len(cache._verified) == 2
+    assert first.key is not None
+    if how == "key":
+        assert await cache.invalidate_key(first.key)
+    elif how == "tag":
+        assert await cache.invalidate_tag("t1") == 1
+    elif how == "namespace":
+        assert await cache.invalidate_namespace("ns1") == 1
+    else:
+        await cache.flush()
+    assert len(cache._verified) == (0 if how == "flush" else 1)
+    again = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=headers))
+    assert again.cache is CacheStatus.MISS
+
+
+def test_verified_records_are_bounded_and_matched_by_identity() -> None:
+    from stratacache.llm.cache import _VerifiedRecords
+
+    def record(key: str) -> Record:
+        return Record(
+            key=key,
+            fingerprint="f" * 64,
+            route="chat.completions",
+            model="m",
+            created_at=0.0,
+            body=b"{}",
+        )
+
+    def entry(size: int, **options: Any) -> TierEntry:
+        return TierEntry(b"x" * size, **options)
+
+    verified = _VerifiedRecords(max_entries=2, max_bytes=100)
+    a, b, c = entry(10), entry(10), entry(10)
+    verified.put("a", a, record("a"))
+    verified.put("b", b, record("b"))
+    assert verified.get("a", a) is not None  # "a" is now the most recent
+    assert verified.get("a", entry(10)) is None  # equal bytes, another object: not trusted
+    verified.put("c", c, record("c"))
+    assert (len(verified), verified.get("b", b)) == (2, None)  # "b" was least recently used
+
+    by_bytes = _VerifiedRecords(max_entries=10, max_bytes=100)
+    thirty = [entry(30) for _ in range(3)]
+    for i, e in enumerate(thirty):
+        by_bytes.put(str(i), e, record(str(i)))
+    by_bytes.put("3", twenty := entry(20), record("3"))  # 110 bytes: the oldest goes
+    assert by_bytes.get("0", thirty[0]) is None
+    assert by_bytes.get("3", twenty) is not None
+    assert len(by_bytes) == 3
+    huge = entry(101)
+    by_bytes.put("huge", huge, record("huge"))  # heavier than the whole budget: not kept
+    assert by_bytes.get("huge", huge) is None
+    assert len(by_bytes) == 3
+
+    tagged = _VerifiedRecords(max_entries=10, max_bytes=1000)
+    one = entry(1, tags=frozenset({"t"}), namespace="n1")
+    two = entry(1, namespace="n2")
+    tagged.put("one", one, record("one"))
+    tagged.put("two", two, record("two"))
+    tagged.discard_tag("t")
+    assert (tagged.get("one", one), tagged.get("two", two) is not None) == (None, True)
+    tagged.discard_namespace("n2")
+    assert len(tagged) == 0
+
+    off = _VerifiedRecords(max_entries=0, max_bytes=1000)
+    off.put("a", a, record("a"))
+    assert len(off) == 0
+    with pytest.raises(ConfigError):
+        _VerifiedRecords(max_entries=-1, max_bytes=10)
+    with pytest.raises(ConfigError):
+        _VerifiedRecords(max_entries=1, max_bytes=True)

@@ -65,3 +65,35 @@ def test_empty_snapshot() -> None:
     assert stats["requests"]["total"] == 0
     assert stats["hit_rate"] == 0.0
     assert stats["latency_seconds"]["hit"] == {"count": 0, "mean": None, "p50": None, "p99": None}
+
+
+def test_bound_label_children_count_like_fresh_ones() -> None:
+    # Children are bound once and reused; a series appears only once it has been counted.
+    metrics = Metrics()
+    assert "strata_requests_total{" not in metrics.exposition()[0].decode()
+    for _ in range(3):
+        metrics.request_served("chat.completions", "hit", "memory", 0.001)
+        metrics.request_served("chat.completions", "coalesced", None, 0.01)
+        metrics.upstream_called("chat.completions", 0.2, None, "timeout")
+        metrics.not_stored("chat.completions", "truncated")
+        metrics.request_coalesced("chat.completions")
+    assert metrics.value("strata_requests_total", outcome="hit", tier="memory") == 3
+    assert metrics.value("strata_requests_total", outcome="coalesced", tier="") == 3
+    assert metrics.value("strata_hit_latency_seconds_count") == 3
+    assert metrics.value("strata_miss_latency_seconds_count") == 0
+    assert metrics.value("strata_upstream_errors_total", kind="timeout") == 3
+    assert metrics.value("strata_upstream_latency_seconds_count") == 0
+    assert metrics.value("strata_not_stored_total", reason="truncated") == 3
+    assert metrics.value("strata_coalesced_requests_total") == 3
+
+
+def test_many_label_values_stay_counted() -> None:
+    # More distinct models than the bound children kept: the memo is dropped, counts are not.
+    metrics = Metrics(PriceTable({"m": Price(1.0, 2.0)}))
+    usage = {"prompt_tokens": 1, "completion_tokens": 1}
+    models = [f"m-{i}" for i in range(2100)]
+    for model in models + models[:10]:
+        metrics.tokens_saved("chat.completions", model, usage)
+    assert metrics.value("strata_tokens_served_total", kind="input") == 2110
+    assert metrics.value("strata_tokens_served_total", model="m-0", kind="output") == 2
+    assert metrics.value("strata_dollars_saved_total", model="m-0") == 2 * 3.0 / 1_000_000

@@ -74,3 +74,14 @@ def test_bad_tables() -> None:
         PriceTable({"": Price(1.0)})
     with pytest.raises(ConfigError):
         PriceTable({"m": 1.0})  # type: ignore[dict-item]
+
+
+def test_lookups_are_remembered_and_stay_right() -> None:
+    table = PriceTable({"gpt-4o": Price(2.5, 10.0), "gpt-4o-mini": Price(0.15, 0.6)})
+    for _ in range(2):  # the second round answers from what the first found
+        assert table.price_for("gpt-4o-mini-2024-07-18") == Price(0.15, 0.6)
+        assert table.price_for("openai/gpt-4o-2024-08-06") == Price(2.5, 10.0)
+        assert table.price_for("unknown-model") is None
+    for i in range(1100):  # more names than are remembered: still found
+        assert table.price_for(f"gpt-4o-{i}") == Price(2.5, 10.0)
+    assert Price(2.0, 8.0, 0.5).dollars(1_000_000, 500_000, cached=200_000) == 5.7

@@ -37,6 +37,15 @@ an upstream error status is passed to the client as it came (wrapped in the Open
 it was not already). Neither is ever stored. A stream that breaks off ends with an error event,
 which the OpenAI SDK raises as ``APIError``, and is not stored.
 
+Verified records. A record is decoded and its signature verified when it is read, except when the
+tier hands back the very entry object whose bytes were already verified (or signed) by this cache:
+the in-process tier keeps the objects it is given, so a hit there would otherwise decode and verify
+the same immutable bytes on every read. The cache remembers, per storage key, the entry object and
+its record (bounded, least recently used first out) and reuses the record only while the tier
+returns that same object; any other copy (from SQLite or Redis, or an entry replaced since) is a
+new object and is verified as before. Invalidations drop the remembered records too, to free them;
+correctness does not depend on it, since a replaced or removed entry never matches by identity.
+
 Everything here is transport-agnostic: the upstream is any :class:`Upstream`, the result an
 :class:`LLMResponse` the shell turns into HTTP.
 """
@@ -395,6 +404,73 @@ class _Item:
     tier: str | None = None
 
 
+class _VerifiedRecords:
+    """Records already decoded and verified, each beside the :class:`TierEntry` it came from.
+
+    :meth:`get` returns a record only for the *same entry object* it was remembered with: an
+    object this process verified (or built) cannot have changed since, since its bytes are
+    immutable, while a tier's fresh copy of the bytes is a different object. Bounded by a count and
+    by the stored bytes the records stand for; the least recently used go first.
+    """
+
+    __slots__ = ("_bytes", "_entries", "_max_bytes", "_max_entries")
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        for name, value in (("verified_entries", max_entries), ("verified_bytes", max_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        # Insertion order is recency order: get() moves a key to the end, eviction takes the head.
+        self._entries: dict[str, tuple[TierEntry, Record]] = {}
+
+    def get(self, key: str, entry: TierEntry) -> Record | None:
+        """The record remembered for ``key`` if it came from this very ``entry``, else ``None``."""
+        known = self._entries.get(key)
+        if known is None or known[0] is not entry:
+            return None
+        del self._entries[key]
+        self._entries[key] = known
+        return known[1]
+
+    def put(self, key: str, entry: TierEntry, record: Record) -> None:
+        """Remember that ``entry`` (stored under ``key``) holds the verified ``record``."""
+        self.discard(key)
+        weight = len(entry.value)
+        if self._max_entries == 0 or weight > self._max_bytes:
+            return
+        self._entries[key] = (entry, record)
+        self._bytes += weight
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self.discard(oldest)
+
+    def discard(self, key: str) -> None:
+        """Forget ``key``."""
+        known = self._entries.pop(key, None)
+        if known is not None:
+            self._bytes -= len(known[0].value)
+
+    def discard_namespace(self, namespace: str) -> None:
+        """Forget every record stored in ``namespace``."""
+        for key in [k for k, (e, _) in self._entries.items() if e.namespace == namespace]:
+            self.discard(key)
+
+    def discard_tag(self, tag: str) -> None:
+        """Forget every record stored with ``tag``."""
+        for key in [k for k, (e, _) in self._entries.items() if tag in e.tags]:
+            self.discard(key)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._entries.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 # --- the cache ----------------------------------------------------------------------------------
 
 
@@ -414,6 +490,9 @@ class LLMCache:
     :param timer: a monotonic clock for latencies.
     :param stream_usage: ask for usage in streams that may be stored or shared (see the module doc).
     :param max_event_bytes: the largest upstream SSE event accepted.
+    :param verified_entries: how many verified records to remember beside the entries they came
+        from (see "Verified records" in the module doc; 0: decode and verify every read).
+    :param verified_bytes: the most stored bytes those remembered records may stand for.
     """
 
     def __init__(
@@ -431,6 +510,8 @@ class LLMCache:
         timer: Callable[[], float] = time.perf_counter,
         stream_usage: bool = True,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        verified_entries: int = 10_000,
+        verified_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if not isinstance(tiers, TierChain):
             raise ConfigError("tiers must be a TierChain (wrap a single tier: TierChain([tier]))")
@@ -454,6 +535,7 @@ class LLMCache:
         self._timer = timer
         self._stream_usage = stream_usage
         self._max_event_bytes = max_event_bytes
+        self._verified = _VerifiedRecords(verified_entries, verified_bytes)
         self._flights: dict[str, Flight] = {}
         self._item_flights: dict[str, asyncio.Future[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -560,19 +642,31 @@ class LLMCache:
 
     async def invalidate_key(self, key: str) -> bool:
         """Remove the entry stored under ``key`` (an ``X-Cache-Key`` value) from every tier."""
-        return await self.tiers.delete(key)
+        try:
+            return await self.tiers.delete(key)
+        finally:
+            self._verified.discard(key)
 
     async def invalidate_namespace(self, namespace: str) -> int:
         """Remove every entry in ``namespace`` (of every tenant) from every tier."""
-        return await self.tiers.delete_namespace(namespace)
+        try:
+            return await self.tiers.delete_namespace(namespace)
+        finally:
+            self._verified.discard_namespace(namespace)
 
     async def invalidate_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` from every tier."""
-        return await self.tiers.delete_tag(tag)
+        try:
+            return await self.tiers.delete_tag(tag)
+        finally:
+            self._verified.discard_tag(tag)
 
     async def flush(self) -> None:
         """Remove every entry from every tier."""
-        await self.tiers.clear()
+        try:
+            await self.tiers.clear()
+        finally:
+            self._verified.clear()
 
     @property
     def in_flight(self) -> int:
@@ -603,14 +697,18 @@ class LLMCache:
         if found is None:
             return None
         entry, tier = found
+        record = self._verified.get(storage, entry)
         try:
-            record = self.codec.decode(entry.value, expected_key=storage)
+            if record is None:
+                record = self.codec.decode(entry.value, expected_key=storage)
+                self._verified.put(storage, entry, record)
             if record.fingerprint != key.digest or record.route != key.route.value:
                 raise SignatureError("the record answers another request")
         except RecordError as exc:
             reason = "signature" if isinstance(exc, SignatureError) else "format"
             logger.warning("deleting a record that failed verification in %s: %s", tier, exc)
             self._observer.verification_failed(tier, reason)
+            self._verified.discard(storage)
             with contextlib.suppress(TierError):
                 await self.tiers.delete(storage)
             return None
@@ -950,11 +1048,17 @@ class LLMCache:
         try:
             stored = await self.tiers.set(key.storage_key, entry)
         except TierError as exc:
+            self._verified.discard(key.storage_key)
             logger.warning("could not store an answer: %s", exc)
             self._observer.not_stored(route.value, "tier-error")
             return False
         if not stored:
+            self._verified.discard(key.storage_key)
             self._observer.not_stored(route.value, "declined")
+            return stored
+        # We signed this record ourselves: the in-process tier hands back this very entry, whose
+        # bytes need no verifying. A slower tier's copy is a new object and is verified as read.
+        self._verified.put(key.storage_key, entry, record)
         return stored
 
     def _revalidate(

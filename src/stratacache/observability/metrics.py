@@ -56,6 +56,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 """Histogram buckets in seconds: fine below 10 ms (hits), coarse up to minutes (slow answers)."""
 
 _SAVED_OUTCOMES = frozenset({"hit", "stale", "coalesced"})
+_MAX_BOUND_CHILDREN = 4096
 
 
 def _prometheus() -> Any:
@@ -138,38 +139,63 @@ class Metrics:
             registry=r,
         )
 
+        # Label children by label values, bound on first use and reused after: ``labels()`` builds
+        # and locks on every call, which showed in the profile of a cache hit. Bound lazily, not
+        # up front, so a series appears in the exposition only once it has been counted.
+        self._served: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _MAX_BOUND_CHILDREN:
+                self._children.clear()  # unbounded label values (model names): stay bounded
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # --- the CacheObserver protocol -------------------------------------------------------------
 
     def request_served(self, route: str, outcome: str, tier: str | None, seconds: float) -> None:
         """Count one answered request and its latency (hits and misses apart)."""
-        self._requests.labels(route, outcome, tier or "").inc()
-        if outcome in ("hit", "stale"):
-            self._hit_latency.labels(route).observe(seconds)
-        elif outcome in ("miss", "bypass"):
-            self._miss_latency.labels(route).observe(seconds)
+        bound = self._served.get((route, outcome, tier))
+        if bound is None:
+            counter = self._requests.labels(route, outcome, tier or "")
+            if outcome in ("hit", "stale"):
+                latency = self._hit_latency.labels(route)
+            elif outcome in ("miss", "bypass"):
+                latency = self._miss_latency.labels(route)
+            else:
+                latency = None
+            # route, outcome and tier take a handful of values each: this stays small.
+            bound = self._served[(route, outcome, tier)] = (counter, latency)
+        bound[0].inc()
+        if bound[1] is not None:
+            bound[1].observe(seconds)
 
     def tokens_saved(self, route: str, model: str | None, usage: Mapping[str, Any] | None) -> None:
         """Count the tokens (and their price) answered without an upstream call of their own."""
-        prompt, completion, _cached = token_counts(usage)
+        prompt, completion, cached = token_counts(usage)
         label = model or "unknown"
         if prompt:
-            self._tokens.labels(route, label, "input").inc(prompt)
+            self._child(self._tokens, route, label, "input").inc(prompt)
         if completion:
-            self._tokens.labels(route, label, "output").inc(completion)
-        dollars = self.prices.cost(model, usage)
+            self._child(self._tokens, route, label, "output").inc(completion)
+        price = self.prices.price_for(model)
+        dollars = 0.0 if price is None else price.dollars(prompt, completion, cached)
         if dollars:
-            self._dollars.labels(route, label).inc(dollars)
+            self._child(self._dollars, route, label).inc(dollars)
 
     def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
         """Record one upstream call: its latency, and ``error`` (``""`` when it succeeded)."""
         if status is not None:
-            self._upstream_latency.labels(route).observe(seconds)
+            self._child(self._upstream_latency, route).observe(seconds)
         if error:
-            self._upstream_errors.labels(route, error).inc()
+            self._child(self._upstream_errors, route, error).inc()
 
     def request_coalesced(self, route: str) -> None:
         """Count a request that joined an in-flight identical request."""
-        self._coalesced.labels(route).inc()
+        self._child(self._coalesced, route).inc()
 
     def verification_failed(self, tier: str, reason: str) -> None:
         """Count a stored record that failed verification."""
@@ -177,7 +203,7 @@ class Metrics:
 
     def not_stored(self, route: str, reason: str) -> None:
         """Count an upstream answer that was not stored."""
-        self._not_stored.labels(route, reason).inc()
+        self._child(self._not_stored, route, reason).inc()
 
     # --- reading ----------------------------------------------------------------------------------
 

@@ -52,6 +52,17 @@ class Price:
             ):
                 raise ConfigError(f"price {name} must be a finite number >= 0, got {value!r}")
 
+    def dollars(self, prompt: int, completion: int, cached: int = 0) -> float:
+        """What ``prompt`` input tokens (``cached`` of them from the prompt cache) and
+        ``completion`` output tokens cost, in US dollars.
+
+        >>> Price(2.0, 8.0, 0.5).dollars(1_000_000, 500_000, cached=200_000)
+        5.7
+        """
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        total = (prompt - cached) * self.input + cached * cached_rate + completion * self.output
+        return total / 1_000_000
+
 
 DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
     {
@@ -109,10 +120,13 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+_MAX_REMEMBERED = 1024  # model names whose price lookup a table remembers
+
+
 class PriceTable:
     """Prices by model name, with prefix matching for dated snapshots."""
 
-    __slots__ = ("_by_length", "_prices")
+    __slots__ = ("_by_length", "_found", "_prices")
 
     def __init__(self, prices: Mapping[str, Price]) -> None:
         for name, price in prices.items():
@@ -123,6 +137,9 @@ class PriceTable:
         self._prices: Mapping[str, Price] = MappingProxyType(dict(prices))
         # Longest names first, so a prefix search finds gpt-4o-mini before gpt-4o.
         self._by_length = sorted(self._prices, key=len, reverse=True)
+        # Model name -> its price, as found: providers answer with dated names (gpt-4o-2024-08-06)
+        # that only a prefix search finds, and the same few names recur on every request.
+        self._found: dict[str, Price | None] = {}
 
     @classmethod
     def default(cls) -> PriceTable:
@@ -142,6 +159,16 @@ class PriceTable:
         """The price of ``model``, or ``None`` when the table does not know it."""
         if not model:
             return None
+        try:
+            return self._found[model]
+        except KeyError:
+            pass
+        if len(self._found) >= _MAX_REMEMBERED:
+            self._found.clear()  # model names come from requests and answers: stay bounded
+        price = self._found[model] = self._lookup(model)
+        return price
+
+    def _lookup(self, model: str) -> Price | None:
         name = model.rsplit("/", 1)[-1]
         exact = self._prices.get(name)
         if exact is not None:
@@ -156,7 +183,4 @@ class PriceTable:
         price = self.price_for(model)
         if price is None:
             return 0.0
-        prompt, completion, cached = token_counts(usage)
-        cached_rate = price.input if price.cached_input is None else price.cached_input
-        total = (prompt - cached) * price.input + cached * cached_rate + completion * price.output
-        return total / 1_000_000
+        return price.dollars(*token_counts(usage))
