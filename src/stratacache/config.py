@@ -16,6 +16,8 @@ stratacache faces read their own. An example file::
     admin_token = "change-me"
     max_body_bytes = 8388608
     signing = "hmac"                    # or "ed25519", "ml-dsa-65"
+    redis_url = "redis://127.0.0.1:6379/0"  # a shared tier for several instances
+    chain = "memory,sqlite,redis"       # the tiers, fastest first
 
     [routes."chat.completions"]
     mode = "deterministic"              # or "always", "never"
@@ -48,12 +50,14 @@ from stratacache.llm.keys import Route
 from stratacache.llm.policy import AdmissionMode
 from stratacache.observability.pricing import Price
 
-__all__ = ["DEFAULT_UPSTREAM", "SIGNING_ALGORITHMS", "Settings"]
+__all__ = ["DEFAULT_UPSTREAM", "SIGNING_ALGORITHMS", "TIER_NAMES", "Settings", "redact_url"]
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 """The upstream when neither the settings nor ``OPENAI_BASE_URL`` name one."""
 SIGNING_ALGORITHMS = ("hmac", "ed25519", "ml-dsa-65")
 """The record signature algorithms ``signing`` may name."""
+TIER_NAMES = ("memory", "sqlite", "redis")
+"""The tiers ``chain`` may name."""
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _MIB = 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
@@ -92,6 +96,16 @@ class Settings:
     """The L0 tier's byte budget."""
     sqlite_max_bytes: int | None = 2048 * _MIB
     """The SQLite tier's byte budget (evicting expired, then least recently used entries)."""
+    redis_url: str | None = None
+    """A ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://host:port,…/service`` URL
+    of a Redis shared by several instances."""
+    redis_prefix: str = "strata:"
+    """The prefix of every Redis key; instances share entries by sharing it."""
+    redis_timeout: float = 0.25
+    """Seconds to wait for Redis before serving from the other tiers (and the upstream)."""
+    chain: str | None = None
+    """The tiers, fastest first, comma-separated, from ``memory``, ``sqlite`` and ``redis``.
+    ``None``: ``memory,sqlite``, or ``memory,redis`` when ``redis_url`` is set."""
     signing: str = "hmac"
     """The record signature: ``hmac`` (HMAC-SHA256), ``ed25519`` or ``ml-dsa-65``."""
     signing_key_file: Path | None = None
@@ -150,6 +164,7 @@ class Settings:
                 or value <= 0
             ):
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+        self._check_redis()
         if self.signing not in SIGNING_ALGORITHMS:
             raise ConfigError(f"signing must be one of {SIGNING_ALGORITHMS}, got {self.signing!r}")
         if self.signing_key_file is not None and not isinstance(self.signing_key_file, Path):
@@ -171,6 +186,41 @@ class Settings:
             if not isinstance(model, str) or not isinstance(price, Price):
                 raise ConfigError(f"pricing maps model names to Price, got {model!r}: {price!r}")
         object.__setattr__(self, "pricing", MappingProxyType(dict(self.pricing)))
+
+    def _check_redis(self) -> None:
+        if self.redis_url is not None:
+            _check_str("redis_url", self.redis_url)
+            if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+                raise ConfigError(
+                    "redis_url must be a redis://, rediss://, unix:// or redis+sentinel:// URL, got "
+                    f"{redact_url(self.redis_url)!r}"
+                )
+        _check_str("redis_prefix", self.redis_prefix)
+        timeout = self.redis_timeout
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigError(f"redis_timeout must be a number of seconds > 0, got {timeout!r}")
+        if self.chain is not None:
+            _check_str("chain", self.chain)
+        names = self.chain_tiers
+        unknown = [name for name in names if name not in TIER_NAMES]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ConfigError(
+                f"chain must name distinct tiers from {TIER_NAMES}, fastest first, got {self.chain!r}"
+            )
+        if "redis" in names and self.redis_url is None:
+            raise ConfigError("the chain names redis but redis_url is not set")
+
+    @property
+    def chain_tiers(self) -> tuple[str, ...]:
+        """The tiers of :attr:`chain`, fastest first, with the default resolved."""
+        if self.chain is None:
+            return ("memory", "redis") if self.redis_url is not None else ("memory", "sqlite")
+        return tuple(name.strip() for name in self.chain.split(",") if name.strip())
 
     @property
     def key_file(self) -> Path:
@@ -351,6 +401,15 @@ def _pricing(raw: Any, where: str) -> dict[str, Price]:
         except ConfigError as exc:
             raise ConfigError(f"{where}.{model}: {exc}") from None
     return prices
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for messages and printouts)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _check_str(name: str, value: Any) -> None:

@@ -22,13 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 from starlette.routing import Route as Endpoint
@@ -50,7 +58,7 @@ from stratacache.observability.pricing import PriceTable
 from stratacache.proxy.admin import admin_routes
 from stratacache.proxy.headers import request_headers_for_upstream, response_headers_for_client
 from stratacache.proxy.responses import json_error
-from stratacache.proxy.upstream import HTTPUpstream, UpstreamTimeouts
+from stratacache.proxy.upstream import ForwardingUpstream, UpstreamTimeouts, make_upstream
 from stratacache.tiers.base import Clock
 from stratacache.tiers.chain import TierChain
 
@@ -77,7 +85,7 @@ class Proxy:
     """The cache the cached routes go through."""
     tiers: TierChain
     """The storage chain (memory, then SQLite)."""
-    upstream: HTTPUpstream
+    upstream: ForwardingUpstream
     """The provider client (also used for passthrough)."""
     metrics: Metrics
     """The app's own metrics registry."""
@@ -106,29 +114,19 @@ def build_proxy(
 ) -> Proxy:
     """Build the embedded stack for ``settings``: memory -> SQLite tiers, signed records, upstream.
 
-    ``clock`` (wall-clock seconds) drives record times and tier expiry; ``transport`` replaces the
-    network under the upstream client.
+    ``clock`` (wall-clock seconds) drives record times and tier expiry; ``transport`` (an httpx
+    transport: an in-process upstream) replaces the network, and the upstream client is then
+    httpx's instead of aiohttp's (see :func:`~stratacache.proxy.upstream.make_upstream`).
     """
     import time
 
-    from stratacache.tiers.memory import MemoryTier
-    from stratacache.tiers.sqlite import SQLiteTier
+    from stratacache.tiers.factory import build_chain
 
     now = clock or time.time
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signer, key = _signer(settings)
-    tiers = TierChain(
-        [
-            MemoryTier(
-                max_entries=settings.memory_max_entries,
-                max_bytes=settings.memory_max_bytes,
-                clock=now,
-            ),
-            SQLiteTier(settings.database, max_bytes=settings.sqlite_max_bytes, clock=now),
-        ],
-        clock=now,
-    )
-    upstream = HTTPUpstream(
+    tiers = build_chain(settings, clock=now)
+    upstream = make_upstream(
         settings.upstream,
         timeouts=UpstreamTimeouts(
             connect=settings.upstream_connect_timeout, read=settings.upstream_timeout
@@ -199,19 +197,104 @@ class _TooLargeError(Exception):
     pass
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, headers: Mapping[str, str], limit: int) -> bytes:
     """The request body, refusing (before buffering it) one longer than ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise _TooLargeError
+    # ASGI messages read directly: starlette's request.stream() is an async generator, a
+    # measurable cost on a cache hit for what is nearly always one message.
+    receive = request.receive
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLargeError
-        parts.append(chunk)
-    return b"".join(parts)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLargeError
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _RequestHeaders(Mapping[str, str]):
+    """A request's headers, decoded once (starlette's ``Headers`` decodes on every ``items()``).
+
+    Look-ups take any case and give the first value; :meth:`items` lists every occurrence, in
+    order, as the cache controls need (a repeated ``Cache-Control`` is read in full).
+    """
+
+    __slots__ = ("_first", "_pairs")
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        # ASGI servers give header names in lower case.
+        self._pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+        first: dict[str, str] = {}
+        for name, value in self._pairs:
+            first.setdefault(name, value)
+        self._first = first
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def items(self) -> ItemsView[str, str]:
+        """Every ``(name, value)``, repeated names included."""
+        return _AllItems(self)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every ``(name, value)`` in order."""
+        return self._pairs
+
+
+class _AllItems(ItemsView[str, str]):
+    _mapping: _RequestHeaders
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._mapping.pairs)
+
+    def __len__(self) -> int:
+        return len(self._mapping.pairs)
+
+
+class _ForwardHeaders(Mapping[str, str]):
+    """The headers to send upstream, filtered only if they are read: a cache hit never sends any."""
+
+    __slots__ = ("_filtered", "_headers")
+
+    def __init__(self, headers: _RequestHeaders) -> None:
+        self._headers = headers
+        self._filtered: dict[str, str] | None = None
+
+    def _get(self) -> dict[str, str]:
+        if self._filtered is None:
+            self._filtered = request_headers_for_upstream(self._headers.pairs)
+        return self._filtered
+
+    def __getitem__(self, name: str) -> str:
+        return self._get()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _cached(proxy: Proxy, route: Route) -> Callable[[Request], Awaitable[Response]]:
@@ -220,7 +303,8 @@ def _cached(proxy: Proxy, route: Route) -> Callable[[Request], Awaitable[Respons
     limit = proxy.settings.max_body_bytes
 
     async def endpoint(request: Request) -> Response:
-        content_type = request.headers.get("content-type")
+        request_headers = _RequestHeaders(request.scope["headers"])
+        content_type = request_headers.get("content-type")
         if content_type is not None:
             media = content_type.split(";", 1)[0].strip().lower()
             if media not in _JSON_TYPES and not media.endswith("+json"):
@@ -232,7 +316,7 @@ def _cached(proxy: Proxy, route: Route) -> Callable[[Request], Awaitable[Respons
                     code="unsupported_media_type",
                 )
         try:
-            raw = await _read_limited(request, limit)
+            raw = await _read_limited(request, request_headers, limit)
         except _TooLargeError:
             return json_error(
                 413,
@@ -259,8 +343,8 @@ def _cached(proxy: Proxy, route: Route) -> Callable[[Request], Awaitable[Respons
         llm_request = LLMRequest(
             route=route,
             body=body,
-            headers=request.headers,
-            forward_headers=request_headers_for_upstream(request.headers.items()),
+            headers=request_headers,
+            forward_headers=_ForwardHeaders(request_headers),
             raw=raw,
         )
         try:

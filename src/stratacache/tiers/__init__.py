@@ -2,6 +2,7 @@
 
 * :class:`MemoryTier`: the in-process L0, on the engine's store.
 * :class:`SQLiteTier`: the embedded durable tier, one SQLite file in WAL mode.
+* :class:`RedisTier`: the shared tier, on a Redis server several instances use.
 * :class:`TierChain`: tiers layered fastest first, read through with backfill and written through.
 
 Every tier stores :class:`TierEntry` objects whose bytes it never decodes, and passes the contract
@@ -18,12 +19,14 @@ from stratacache.tiers.base import Clock, Tier, TierEntry
 if TYPE_CHECKING:
     from stratacache.tiers.chain import TierChain
     from stratacache.tiers.memory import MemoryTier
+    from stratacache.tiers.redis import RedisTier
     from stratacache.tiers.sqlite import SQLiteTier
 
-__all__ = ["Clock", "MemoryTier", "SQLiteTier", "Tier", "TierChain", "TierEntry"]
+__all__ = ["Clock", "MemoryTier", "RedisTier", "SQLiteTier", "Tier", "TierChain", "TierEntry"]
 
 _LAZY = {
     "MemoryTier": "stratacache.tiers.memory",
+    "RedisTier": "stratacache.tiers.redis",
     "SQLiteTier": "stratacache.tiers.sqlite",
     "TierChain": "stratacache.tiers.chain",
 }

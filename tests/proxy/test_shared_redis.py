@@ -1,0 +1,171 @@
+"""Several proxy instances sharing one Redis: hits cross instances, an outage is not an error.
+
+Each test starts a real redis-server (``tests/redis_server.py``); the instances share the signing
+key file (a record signed by one instance must verify on the others) and the Redis prefix.
+"""
+
+# ruff: noqa: E402  (the imports after the redis-py skip below)
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+redis = pytest.importorskip("redis", reason="redis-py (the redis extra) is not installed")
+
+from redis_server import RedisServer, own_redis_server, redis_server, redis_url
+from stratacache.tiers.coherence import CoherentTier
+from stratacache.tiers.redis import RedisTier
+
+from .conftest import ADMIN_TOKEN, RunningProxy, StartProxy
+from .fake_upstream import FakeUpstream
+from .helpers import CHAT, client, wait_until
+
+__all__ = ["own_redis_server", "redis_server", "redis_url"]
+
+
+@pytest.fixture
+def shared(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test's Redis, to watch what the proxies store there."""
+    with redis.Redis.from_url(redis_url) as raw:
+        yield raw
+
+
+def _stored(raw: redis.Redis) -> int:
+    return sum(1 for _ in raw.scan_iter(match="strata:e:*"))
+
+
+def _instance(start: StartProxy, tmp_path: Path, name: str, url: str, chain: str) -> RunningProxy:
+    return start(
+        data_dir=tmp_path / name,
+        signing_key_file=tmp_path / "shared.key",
+        redis_url=url,
+        chain=chain,
+    )
+
+
+@pytest.mark.parametrize("chain", ["memory,redis", "memory,sqlite,redis"])
+def test_a_miss_on_one_instance_is_a_hit_on_another(
+    start_proxy: StartProxy,
+    *,
+    fake: FakeUpstream,
+    tmp_path: Path,
+    redis_url: str,
+    shared: redis.Redis,
+    chain: str,
+) -> None:
+    a = _instance(start_proxy, tmp_path, "a", redis_url, chain)
+    b = _instance(start_proxy, tmp_path, "b", redis_url, chain)
+    assert a.proxy.tiers.name == chain.replace(",", "+")
+
+    with client(a) as sdk_a, client(b) as sdk_b:
+        first = sdk_a.chat.completions.with_raw_response.create(**CHAT)
+        assert first.headers["x-cache"] == "MISS"
+        wait_until(lambda: _stored(shared) == 1)
+
+        second = sdk_b.chat.completions.with_raw_response.create(**CHAT)
+        assert second.headers["x-cache"] == "HIT"
+        assert second.headers["x-cache-tier"] == "redis"
+        assert second.parse().model_dump() == first.parse().model_dump()
+        # Copied into B's faster tiers on the way.
+        third = sdk_b.chat.completions.with_raw_response.create(**CHAT)
+        assert third.headers["x-cache-tier"] == "memory"
+    assert fake.calls["/v1/chat/completions"] == 1
+
+
+def test_a_streamed_miss_is_replayed_by_another_instance(
+    start_proxy: StartProxy,
+    fake: FakeUpstream,
+    tmp_path: Path,
+    redis_url: str,
+    shared: redis.Redis,
+) -> None:
+    a = _instance(start_proxy, tmp_path, "a", redis_url, "memory,redis")
+    b = _instance(start_proxy, tmp_path, "b", redis_url, "memory,redis")
+    with client(a) as sdk_a, client(b) as sdk_b:
+        live = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in sdk_a.chat.completions.create(**CHAT, stream=True)
+            if chunk.choices
+        )
+        wait_until(lambda: _stored(shared) == 1)
+        replayed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in sdk_b.chat.completions.create(**CHAT, stream=True)
+            if chunk.choices
+        )
+    assert replayed == live
+    assert fake.calls["/v1/chat/completions"] == 1
+
+
+def test_redis_killed_mid_run_then_back(
+    start_proxy: StartProxy,
+    fake: FakeUpstream,
+    tmp_path: Path,
+    own_redis_server: RedisServer,
+) -> None:
+    a = _instance(start_proxy, tmp_path, "a", own_redis_server.url, "memory,sqlite,redis")
+    with client(a) as sdk:
+        sdk.chat.completions.create(**CHAT)
+        own_redis_server.stop()
+
+        # Every request still succeeds: hits from the L0, misses from the upstream.
+        hit = sdk.chat.completions.with_raw_response.create(**CHAT)
+        assert hit.headers["x-cache"] == "HIT"
+        other = {**CHAT, "messages": [{"role": "user", "content": "And of Italy?"}]}
+        miss = sdk.chat.completions.with_raw_response.create(**other)
+        assert miss.headers["x-cache"] == "MISS"
+        again = sdk.chat.completions.with_raw_response.create(**other)
+        assert again.headers["x-cache"] == "HIT"
+        health = httpx.get(a.root + "/healthz", timeout=5).json()
+        assert health["status"] == "degraded"
+        assert health["tiers"] == {"memory": True, "sqlite": True, "redis": False}
+
+        own_redis_server.start()
+        redis_tier = a.proxy.tiers.tiers[-1]
+        assert isinstance(redis_tier, RedisTier)
+        assert not redis_tier.available
+        redis_tier.reset_breaker()  # what the cooldown does (tests/tiers/test_redis.py runs it)
+        third = {**CHAT, "messages": [{"role": "user", "content": "And of Spain?"}]}
+        assert sdk.chat.completions.with_raw_response.create(**third).headers["x-cache"] == "MISS"
+        assert httpx.get(a.root + "/healthz", timeout=5).json()["status"] == "ok"
+        with redis.Redis.from_url(own_redis_server.url) as raw:
+            wait_until(lambda: _stored(raw) == 1)
+
+
+def test_a_tag_deleted_on_one_instance_is_gone_on_both(
+    start_proxy: StartProxy,
+    fake: FakeUpstream,
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    a = _instance(start_proxy, tmp_path, "a", redis_url, "memory,redis")
+    b = _instance(start_proxy, tmp_path, "b", redis_url, "memory,redis")
+    tagged = {"x-cache-tags": "policy:returns"}
+    with client(a, default_headers=tagged) as sdk_a, client(b, default_headers=tagged) as sdk_b:
+        sdk_a.chat.completions.create(**CHAT)
+        wait_until(
+            lambda: (
+                sdk_b.chat.completions.with_raw_response.create(**CHAT).headers["x-cache-tier"]
+                == "memory"
+            )
+        )  # in B's L0 now
+        b_l0 = b.proxy.tiers.tiers[0]
+        assert isinstance(b_l0, CoherentTier)
+        applied = b_l0.applied
+
+        deleted = httpx.delete(
+            a.root + "/admin/tags/policy:returns",
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=5,
+        )
+        assert deleted.status_code == 200
+        started = time.monotonic()
+        wait_until(lambda: b_l0.applied > applied)
+        assert time.monotonic() - started < 0.1
+        after = sdk_b.chat.completions.with_raw_response.create(**CHAT)
+        assert after.headers["x-cache"] == "MISS"
+    assert fake.calls["/v1/chat/completions"] == 2
