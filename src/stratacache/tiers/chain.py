@@ -23,11 +23,12 @@ in-process tiers (which never suspend) the count never moves during a read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stratacache.errors import ConfigError, TierUnavailableError
 from stratacache.tiers._checks import check_entry, check_key
@@ -67,6 +68,7 @@ class TierChain:
         self._clock = clock
         self._health: dict[str, bool] = dict.fromkeys(names, True)
         self._writes = 0  # writes and invalidations so far; see "Backfill and concurrency"
+        self._key_locks: dict[str, list[Any]] = {}  # key -> [asyncio.Lock, writers using it]
 
     @property
     def tiers(self) -> tuple[Tier, ...]:
@@ -115,15 +117,28 @@ class TierChain:
         check_key(key)
         check_entry(entry)
         self._writes += 1
-        stored = False
-        for tier in self._tiers:
-            try:
-                stored = await tier.set(key, entry) or stored
-            except TierUnavailableError as exc:
-                self._mark_down(tier, exc)
-                continue
-            self._mark_up(tier)
-        return stored
+        # Writes to one key go through the tiers one at a time: two concurrent writes that
+        # interleaved across a suspending tier (Redis) could land in opposite orders in L0 and
+        # below, leaving the tiers disagreeing about the key's value for good.
+        slot = self._key_locks.get(key)
+        if slot is None:
+            slot = self._key_locks[key] = [asyncio.Lock(), 0]
+        slot[1] += 1  # writers holding or awaiting this key's lock
+        try:
+            async with slot[0]:
+                stored = False
+                for tier in self._tiers:
+                    try:
+                        stored = await tier.set(key, entry) or stored
+                    except TierUnavailableError as exc:
+                        self._mark_down(tier, exc)
+                        continue
+                    self._mark_up(tier)
+                return stored
+        finally:
+            slot[1] -= 1
+            if not slot[1]:
+                del self._key_locks[key]
 
     async def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier; ``True`` if any of them had a live entry."""
