@@ -20,9 +20,12 @@ How an entry moves (Caffeine's design, Einziger, Friedman & Manes, "TinyLFU", 20
 
 Reads are cheap because a hit does not touch the policy: it appends the entry to a read buffer, and
 the buffer is applied to the policy in batches, by the next write or when it fills (Caffeine's read
-buffer). When reads arrive with no write in between, a full buffer is applied as a sample (its most
-recent eighth), as Caffeine drops reads from a full buffer: no eviction decision is taken while only
-reads happen, and the sample keeps the relative frequencies. Hits are still counted exactly.
+buffer). The first 1,024 reads after a write are all applied. In a longer run of reads with no
+write, a full buffer is applied as a sample (its 4 most recent reads of 256), as Caffeine drops
+reads from a full buffer: no eviction decision is taken while only reads happen, and the sample
+keeps the relative frequencies and the latest recency. Hits are still counted exactly. (Applying
+every read cost gli 4 points when the sample began straight after a write; the hit-ratio
+benchmark shows no trace affected with the 1,024-read grace.)
 
 Thread safety: one lock guards every change; reads take no lock unless they drain the buffer or find
 an expired entry. Listeners run after the lock is released, so they may call back into the store.
@@ -73,8 +76,8 @@ _PROTECTED: Final = 2
 _REMOVED: Final = 3
 
 _MAX_WEIGHT = 1 << 62  # weights are machine words in the accelerator; no real entry comes close
-_READ_BUFFER = 128  # reads buffered before the policy must see them
-_READ_SAMPLE = _READ_BUFFER // 32  # what a drain applies in a long run of reads
+_READ_BUFFER = 256  # reads buffered before the policy must see them
+_READ_SAMPLE = 4  # what a drain applies in a long run of reads
 _EXACT_READS = 1024  # reads after a write that the policy always sees in full
 _INITIAL_WINDOW = 0.01  # of the budget, before the window adapts
 _GHOST_SHARE = 0.12  # each ghost list remembers this share of the capacity in keys
