@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from stratacache.errors import (
     ConfigError,
@@ -212,15 +212,57 @@ class HmacSigner:
             raise SignatureError("record signature does not verify (tampered, or another key)")
 
 
-class Ed25519Signer:
+class _KeyPairSigner:
+    """What the asymmetric signers share: sign with the private key, verify with the public one."""
+
+    algorithm: ClassVar[str]
+    _label: ClassVar[str]  # the scheme's name in messages
+
+    __slots__ = ("_private", "_public")
+
+    _private: Any
+    _public: Any
+
+    @property
+    def can_sign(self) -> bool:
+        """``False`` for a verify-only signer."""
+        return self._private is not None
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw public key, to build a verify-only signer elsewhere."""
+        key: bytes = self._public.public_bytes_raw()
+        return key
+
+    def sign(self, data: bytes) -> bytes:
+        """Return the signature of ``data``."""
+        if self._private is None:
+            raise ConfigError(f"this {self._label} signer holds only a public key and cannot sign")
+        signature: bytes = self._private.sign(data)
+        return signature
+
+    def verify(self, data: bytes, signature: bytes) -> None:
+        """Raise :class:`SignatureError` unless ``signature`` is valid for ``data``."""
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            self._public.verify(signature, data)
+        except (InvalidSignature, ValueError):
+            raise SignatureError(
+                "record signature does not verify (tampered, or another key)"
+            ) from None
+
+
+class Ed25519Signer(_KeyPairSigner):
     """Ed25519 signatures. Built from a raw 32-byte private key, or verify-only from a public key.
 
     A verify-only signer lets a reader check records without being able to write them.
     """
 
     algorithm = "ed25519"
+    _label = "Ed25519"
 
-    __slots__ = ("_private", "_public")
+    __slots__ = ()
 
     def __init__(
         self, private_key: bytes | None = None, *, public_key: bytes | None = None
@@ -254,35 +296,8 @@ class Ed25519Signer:
         key = _ed25519().Ed25519PrivateKey.generate()
         return cls(key.private_bytes_raw())
 
-    @property
-    def can_sign(self) -> bool:
-        """``False`` for a verify-only signer."""
-        return self._private is not None
 
-    @property
-    def public_key(self) -> bytes:
-        """The raw 32-byte public key, to build a verify-only signer elsewhere."""
-        return self._public.public_bytes_raw()
-
-    def sign(self, data: bytes) -> bytes:
-        """Return the 64-byte Ed25519 signature of ``data``."""
-        if self._private is None:
-            raise ConfigError("this Ed25519 signer holds only a public key and cannot sign")
-        return self._private.sign(data)
-
-    def verify(self, data: bytes, signature: bytes) -> None:
-        """Raise :class:`SignatureError` unless ``signature`` is valid for ``data``."""
-        from cryptography.exceptions import InvalidSignature
-
-        try:
-            self._public.verify(signature, data)
-        except (InvalidSignature, ValueError):
-            raise SignatureError(
-                "record signature does not verify (tampered, or another key)"
-            ) from None
-
-
-class MLDSASigner:
+class MLDSASigner(_KeyPairSigner):
     """ML-DSA-65 (FIPS 204) signatures, from a 32-byte seed or verify-only from a public key.
 
     Needs ``cryptography`` >= 50 built against a library with ML-DSA; otherwise the constructor
@@ -291,8 +306,9 @@ class MLDSASigner:
     """
 
     algorithm = "ml-dsa-65"
+    _label = "ML-DSA-65"
 
-    __slots__ = ("_private", "_public")
+    __slots__ = ()
 
     def __init__(self, seed: bytes | None = None, *, public_key: bytes | None = None) -> None:
         mldsa = _mldsa()
@@ -322,33 +338,6 @@ class MLDSASigner:
     def generate(cls) -> MLDSASigner:
         """A signer with a fresh random seed."""
         return cls(secrets.token_bytes(KEY_BYTES))
-
-    @property
-    def can_sign(self) -> bool:
-        """``False`` for a verify-only signer."""
-        return self._private is not None
-
-    @property
-    def public_key(self) -> bytes:
-        """The raw 1,952-byte public key, to build a verify-only signer elsewhere."""
-        return self._public.public_bytes_raw()
-
-    def sign(self, data: bytes) -> bytes:
-        """Return the ML-DSA-65 signature of ``data``."""
-        if self._private is None:
-            raise ConfigError("this ML-DSA-65 signer holds only a public key and cannot sign")
-        return self._private.sign(data)
-
-    def verify(self, data: bytes, signature: bytes) -> None:
-        """Raise :class:`SignatureError` unless ``signature`` is valid for ``data``."""
-        from cryptography.exceptions import InvalidSignature
-
-        try:
-            self._public.verify(signature, data)
-        except (InvalidSignature, ValueError):
-            raise SignatureError(
-                "record signature does not verify (tampered, or another key)"
-            ) from None
 
 
 def mldsa_available() -> bool:
