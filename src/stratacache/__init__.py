@@ -13,8 +13,9 @@ b'hello'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from stratacache._lazy import lazy_exports
 from stratacache.errors import (
     ConfigError,
     EngineError,
@@ -59,21 +60,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stratacache' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "ConfigError",
     "EngineError",
@@ -104,3 +90,5 @@ __all__ = [
     "WeigherError",
     "__version__",
 ]
+
+__getattr__, __dir__ = lazy_exports("stratacache", globals(), _LAZY, __all__)

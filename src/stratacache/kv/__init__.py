@@ -18,8 +18,9 @@ True
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from stratacache._lazy import lazy_exports
 from stratacache.kv.base import BlockKey, KVBlock, KVStats, KVStore, PinnableKVStore
 from stratacache.kv.keys import ChainSeed, block_keys, chain_block
 
@@ -80,16 +81,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stratacache.kv' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("stratacache.kv", globals(), _LAZY, __all__)

@@ -215,7 +215,7 @@ class HmacSigner:
 class _KeyPairSigner:
     """What the asymmetric signers share: sign with the private key, verify with the public one."""
 
-    algorithm: ClassVar[str]
+    algorithm: str
     _label: ClassVar[str]  # the scheme's name in messages
 
     __slots__ = ("_private", "_public")

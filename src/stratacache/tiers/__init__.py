@@ -12,8 +12,9 @@ protocol does not import the engine or ``sqlite3``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from stratacache._lazy import lazy_exports
 from stratacache.tiers.base import Clock, Tier, TierEntry
 
 if TYPE_CHECKING:
@@ -32,16 +33,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stratacache.tiers' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("stratacache.tiers", globals(), _LAZY, __all__)

@@ -10,7 +10,9 @@ The implementations load on first use, so importing this package imports none of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stratacache._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from stratacache.kv.tiers.disk import DiskKVStore, ScanReport, SkippedFile
@@ -37,16 +39,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stratacache.kv.tiers' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("stratacache.kv.tiers", globals(), _LAZY, __all__)
