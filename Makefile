@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed-dev
-EXTRAS := dev,proxy,redis,kv,semantic
+EXTRAS := dev,proxy,redis,resp,kv,semantic
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 

@@ -12,6 +12,7 @@ import click
 
 from stratacache import __version__
 from stratacache.kv.cli import kv_demo_command
+from stratacache.resp.cli import resp_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -197,6 +198,7 @@ def demo(
 
 # The other faces' commands live beside their code; importing them loads no heavy dependency.
 cli.add_command(kv_demo_command)
+cli.add_command(resp_command, name="resp")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,287 @@
+"""Throughput of the RESP sidecar beside redis-server, measured with ``redis-benchmark``.
+
+Both servers are started here on free loopback ports (the sidecar as ``strata resp`` runs it,
+uvloop and hiredis when installed; Debian's redis-server without persistence) and measured in
+the same run with the same ``redis-benchmark`` invocations: GET, SET, INCR, LPUSH, HSET and
+MGET (10 keys) at ``-P 1`` and ``-P 16``, 50 clients, random keys from a 100,000-key space. The
+table reports requests per second, p50/p99 latency and the sidecar/redis ratio. Then the
+in-process path: ns per GET on the engine's ``Store`` directly, and one GET round trip through
+redis-py to the sidecar and to redis-server.
+
+Run it on a quiet machine (``uptime`` load near 0), from the repository root (~5 minutes)::
+
+    .venv/bin/python bench/resp.py --requests 200000 \\
+        --markdown bench/results/resp.md --json bench/results/resp.json
+
+``--requests 2000`` gives a smoke run in seconds (numbers meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import machine
+
+__all__ = ["TESTS", "Result", "main", "parse_csv", "run_benchmark"]
+
+TESTS: dict[str, list[str]] = {
+    "GET": ["-t", "get"],
+    "SET": ["-t", "set"],
+    "INCR": ["-t", "incr"],
+    "LPUSH": ["-t", "lpush"],
+    "HSET": ["-t", "hset"],
+    "MGET": ["mget", *(f"key:__rand_int__{i}" for i in range(10))],
+}
+PIPELINES = (1, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One redis-benchmark measurement."""
+
+    server: str
+    test: str
+    pipeline: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def parse_csv(text: str) -> list[tuple[str, float, float, float]]:
+    """``(test, rps, p50 ms, p99 ms)`` rows of ``redis-benchmark --csv`` output."""
+    rows = []
+    for row in csv.reader(io.StringIO(text)):
+        if len(row) < 7 or row[0] == "test":
+            continue
+        try:
+            rows.append((row[0], float(row[1]), float(row[4]), float(row[6])))
+        except ValueError:
+            continue
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"no server on port {port}")
+
+
+def _start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found (apt-get install -y redis-server)")
+    return subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _start_sidecar(port: int) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys; from stratacache.resp.cli import resp_command; "
+        "resp_command.main(args=sys.argv[1:], standalone_mode=True)"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_benchmark(
+    server: str, port: int, test: str, *, pipeline: int, requests: int, clients: int
+) -> Result:
+    """One ``redis-benchmark`` run against ``port``."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        raise SystemExit("redis-benchmark not found (apt-get install -y redis-tools)")
+    command = [
+        binary,
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-n",
+        str(requests),
+        "-c",
+        str(clients),
+        "-P",
+        str(pipeline),
+        "-r",
+        "100000",
+        "--csv",
+        *TESTS[test],
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=True)
+    rows = parse_csv(done.stdout)
+    if not rows:
+        raise RuntimeError(f"no result from {' '.join(command)}: {done.stdout!r} {done.stderr!r}")
+    _, rps, p50, p99 = rows[0]
+    return Result(server, test, pipeline, rps, p50, p99)
+
+
+def in_process(port_sidecar: int, port_redis: int, rounds: int) -> dict[str, float]:
+    """ns per GET: the engine's Store in-process, and redis-py round trips to each server."""
+    import redis
+
+    from stratacache.engine import Store
+
+    store = Store()
+    store.set(b"key", b"value")
+    get = store.get
+    started = time.perf_counter_ns()
+    for _ in range(rounds * 10):
+        get(b"key")
+    out = {"store.get (in-process)": (time.perf_counter_ns() - started) / (rounds * 10)}
+    for name, port in (
+        ("sidecar round trip", port_sidecar),
+        ("redis-server round trip", port_redis),
+    ):
+        with redis.Redis(port=port) as client:
+            client.set("key", "value")
+            client.get("key")
+            started = time.perf_counter_ns()
+            for _ in range(rounds):
+                client.get("key")
+            out[name] = (time.perf_counter_ns() - started) / rounds
+    return out
+
+
+def markdown(results: list[Result], inproc: dict[str, float], command: str) -> str:
+    """The results as a Markdown document with the machine block."""
+    lines = ["# RESP sidecar vs redis-server (redis-benchmark)", ""]
+    lines.append(machine.markdown_block(machine.describe(), command))
+    lines += [
+        "| test | -P | redis-server req/s | sidecar req/s | sidecar / redis | "
+        "redis p50/p99 ms | sidecar p50/p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(r.server, r.test, r.pipeline): r for r in results}
+    for test in TESTS:
+        for pipeline in PIPELINES:
+            redis_result = by_key.get(("redis-server", test, pipeline))
+            ours = by_key.get(("sidecar", test, pipeline))
+            if redis_result is None or ours is None:
+                continue
+            lines.append(
+                f"| {test} | {pipeline} | {redis_result.rps:,.0f} | {ours.rps:,.0f} | "
+                f"{ours.rps / redis_result.rps:.2f} | {redis_result.p50_ms:.3f}/"
+                f"{redis_result.p99_ms:.3f} | {ours.p50_ms:.3f}/{ours.p99_ms:.3f} |"
+            )
+    lines += [
+        "",
+        "## One GET, in-process and over the loopback",
+        "",
+        "| path | ns per GET |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {value:,.0f} |" for name, value in inproc.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison and print (or write) the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--tests", nargs="*", default=list(TESTS))
+    parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        redis_port, sidecar_port = _free_port(), _free_port()
+        redis_process = _start_redis(redis_port, workdir)
+        sidecar_process = _start_sidecar(sidecar_port)
+        try:
+            _wait(redis_port)
+            _wait(sidecar_port)
+            for test in args.tests:
+                for pipeline in PIPELINES:
+                    for server, port in (("redis-server", redis_port), ("sidecar", sidecar_port)):
+                        result = run_benchmark(
+                            server,
+                            port,
+                            test,
+                            pipeline=pipeline,
+                            requests=args.requests,
+                            clients=args.clients,
+                        )
+                        results.append(result)
+                        print(
+                            f"{server:12s} {test:6s} -P {pipeline:2d} {result.rps:12,.0f} req/s",
+                            flush=True,
+                        )
+            inproc = in_process(sidecar_port, redis_port, max(100, args.requests // 100))
+        finally:
+            _stop(sidecar_process)
+            _stop(redis_process)
+    command = "python bench/resp.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = markdown(results, inproc, command)
+    if args.markdown is not None:
+        args.markdown.write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine.describe(),
+                    "results": [asdict(r) for r in results],
+                    "in_process_ns": inproc,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
