@@ -24,7 +24,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import machine
+from resp_tcl import free_port, start_redis, start_sidecar, wait_for_port
 
 __all__ = ["TESTS", "Result", "main", "parse_csv", "run_benchmark"]
 
@@ -71,58 +71,6 @@ def parse_csv(text: str) -> list[tuple[str, float, float, float]]:
         except ValueError:
             continue
     return rows
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"no server on port {port}")
-
-
-def _start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found (apt-get install -y redis-server)")
-    return subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _start_sidecar(port: int) -> subprocess.Popen[bytes]:
-    code = (
-        "import sys; from stratacache.resp.cli import resp_command; "
-        "resp_command.main(args=sys.argv[1:], standalone_mode=True)"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -236,12 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as workdir:
-        redis_port, sidecar_port = _free_port(), _free_port()
-        redis_process = _start_redis(redis_port, workdir)
-        sidecar_process = _start_sidecar(sidecar_port)
+        redis_port, sidecar_port = free_port(), free_port()
+        redis_process = start_redis(redis_port, Path(workdir))
+        sidecar_process = start_sidecar(sidecar_port)
         try:
-            _wait(redis_port)
-            _wait(sidecar_port)
+            wait_for_port(redis_port)
+            wait_for_port(sidecar_port)
             for test in args.tests:
                 for pipeline in PIPELINES:
                     for server, port in (("redis-server", redis_port), ("sidecar", sidecar_port)):
