@@ -8,7 +8,11 @@
 * adding an id again replaces it (vector, text, partition, expiry);
 * an entry is dead from ``expires_at`` on (inclusive), by the index's clock, and a search still
   returns ``k`` live entries when nearer ones have expired;
-* bad input raises :class:`~stratacache.errors.ConfigError` and changes nothing.
+* bad input raises :class:`~stratacache.errors.ConfigError` and changes nothing;
+* a random run of adds, replacements, removals and expiry agrees with a dict.
+
+The shared backends (``test_index_redis.py``, ``test_index_pgvector.py``) run the same class with
+an ``index`` fixture of their own, on a server started for the session.
 """
 
 from __future__ import annotations
@@ -169,3 +173,47 @@ class VectorIndexContract:
         found = [index.search("p", q)[0].id for q in queries]
         truth = [f"k{int(np.argmax(vectors @ q))}" for q in queries]
         assert sum(f == t for f, t in zip(found, truth, strict=True)) >= 38
+
+    def test_random_operations_match_a_reference_model(
+        self, index: VectorIndex, clock: FakeClock
+    ) -> None:
+        """Adds, replacements, removals and expiry in random order, checked against a dict."""
+        rng = np.random.default_rng(11)
+        model: dict[str, tuple[str, float | None]] = {}  # id -> (partition, expires_at)
+        partitions = ["a", "b", "c"]
+        for step in range(150):
+            op = rng.integers(0, 10)
+            id = f"k{rng.integers(0, 25)}"
+            if op < 6:
+                partition = partitions[rng.integers(0, 3)]
+                expires = None if rng.integers(0, 2) else clock() + float(rng.integers(1, 4))
+                index.add(
+                    partition,
+                    id,
+                    rng.standard_normal(DIMENSION).astype(np.float32),
+                    text=id,
+                    expires_at=expires,
+                )
+                model[id] = (partition, expires)
+            elif op < 8:
+                assert index.remove(id) is (id in model)
+                model.pop(id, None)
+            elif op < 9:
+                clock.advance(1)
+            else:
+                partition = partitions[rng.integers(0, 3)]
+                doomed = [i for i, (p, _) in model.items() if p == partition]
+                assert index.remove_partition(partition) == len(doomed), step
+                for i in doomed:
+                    del model[i]
+            now = clock()
+            live = {i for i, (_, x) in model.items() if x is None or x > now}
+            assert {i for i in model if i in index} == live, step
+        now = clock()
+        for partition in partitions:
+            expected = {
+                i for i, (p, x) in model.items() if p == partition and (x is None or x > now)
+            }
+            found = index.search(partition, np.ones(DIMENSION, dtype=np.float32), k=50)
+            assert {m.id for m in found} == expected
+            assert all(m.text == m.id for m in found)
