@@ -17,7 +17,8 @@ A child:
      (whose own bookkeeping would inflate it). Sees everything, including allocator slack.
 
 It reports bytes per entry for both meters and the ratio to ``dict``'s. The store is built with
-``Store(max_entries=N, rng=random.Random(1))``.
+``Store(max_entries=N, rng=random.Random(1))`` (the compiled accelerator), and as
+``ours (python)`` with ``accelerate=False`` (the pure-Python reference).
 
 From the repository root (about a minute; ``--quick`` measures 100,000 entries instead)::
 
@@ -54,6 +55,12 @@ def _ours(n: int) -> Any:
     return Store(max_entries=n, rng=random.Random(1))
 
 
+def _ours_python(n: int) -> Any:
+    from stratacache.engine import Store
+
+    return Store(max_entries=n, rng=random.Random(1), accelerate=False)
+
+
 def _cachetools(n: int) -> Any:
     import cachetools
 
@@ -80,6 +87,7 @@ STRUCTURES: dict[
 ] = {
     "dict": (_dict, lambda s: s.__setitem__),
     "ours": (_ours, lambda s: s.set),
+    "ours (python)": (_ours_python, lambda s: s.set),
     "cachetools": (_cachetools, lambda s: s.__setitem__),
     "OrderedDict": (_odict, lambda s: s.__setitem__),
     "cachebox": (_cachebox, lambda s: s.__setitem__),

@@ -3,15 +3,26 @@
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from stratacache.engine.timerwheel import TimedEntry
+from stratacache.engine.timerwheel import TimedEntry, TimerWheel
+
+READ_BUFFER: int
+READ_SAMPLE: int
+EXACT_READS: int
+TRANSFER_LIMIT: int
+HASHDOS_THRESHOLD: int
+GROW_REACH: int
 
 class Entry:
-    key: Hashable
-    value: Any
+    @property
+    def key(self) -> Hashable: ...
+    @property
+    def value(self) -> Any: ...
     bucket: dict[Hashable, TimedEntry] | None
-    weight: int
+    @property
+    def weight(self) -> int: ...
     expires: float
-    queue: int
+    @property
+    def queue(self) -> int: ...
     def __init__(self, key: Hashable, value: Any, weight: int, expires: float) -> None: ...
 
 class Sketch:
@@ -25,17 +36,74 @@ class Sketch:
     def halve(self) -> None: ...
     def clear(self) -> None: ...
 
+class Lock:
+    def acquire(self, blocking: bool = True) -> bool: ...
+    def release(self) -> None: ...
+    def locked(self) -> bool: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(self, *args: object) -> None: ...
+
+class Policy:
+    data: dict[Hashable, Entry]
+    hits: int
+    evictions: int
+    rejections: int
+    bytes: int
+    window_weight: int
+    protected_weight: int
+    policy_weight: int
+    window_limit: int
+    protected_limit: int
+    next_reap: float
+    @property
+    def reads(self) -> list[Entry]: ...
+    def __init__(
+        self,
+        max_entries: int | None,
+        max_bytes: int | None,
+        *,
+        rng: Any,
+        wheel: TimerWheel,
+        size: Any,
+        rejected: Any,
+    ) -> None: ...
+    def put(
+        self,
+        key: Hashable,
+        value: Any,
+        weight: int,
+        expires: float,
+        removed: list[tuple[Any, Any, Any]] | None,
+        /,
+    ) -> Entry | None: ...
+    def unlink(self, entry: Entry, /) -> None: ...
+    def drain(self) -> None: ...
+    def clear(self) -> None: ...
+
 class ReadPath:
     misses: int
     def __init__(
         self,
         *,
-        data: dict[Hashable, Any],
-        reads: list[Any],
+        policy: Policy,
+        lock: Lock,
         clock: Callable[[], float],
         on_expired: Callable[[Any], None],
-        on_full: Callable[[], None],
         invalid_key: type[Exception],
-        limit: int,
     ) -> None: ...
     def __call__(self, key: Any, default: Any = None) -> Any: ...
+
+class WritePath:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        lock: Lock,
+        clock: Callable[[], float],
+        weigh: Callable[[Any, Any], int],
+        default_weigher: bool,
+        slow: Callable[..., bool],
+        reap: Callable[[float, list[Any]], None],
+        notify: Callable[[list[Any]], None] | None,
+    ) -> None: ...
+    def __call__(self, key: Any, value: Any, ttl: float | None = None) -> bool: ...

@@ -58,9 +58,9 @@ class FrequencySketch:
         self._table = bytearray(_DEPTH * self._width)
         self._sample_size = 10 * capacity
         self._additions = 0
-        # Two secret seeds: the row indexes come from CPython's tuple hash (an xxHash round in C) of
-        # (key hash, seed), which mixes every input bit into every output bit at C speed, and which
-        # an adversary cannot aim without the seeds.
+        # Two secret seeds: the row indexes come from CPython's tuple hash (an xxHash round in C)
+        # of (key hash, seed), at C speed, which an adversary cannot aim without the seeds. See
+        # _hashes for why it is applied three times.
         self._seed_a = seed & _M64
         self._seed_b = (seed * 0x9E3779B97F4A7C15 + 1) & _M64
 
@@ -74,10 +74,19 @@ class FrequencySketch:
         """Increments between two halvings."""
         return self._sample_size
 
+    def _hashes(self, key_hash: int) -> tuple[int, int]:
+        # One xxHash round leaves the low bits of its result weakly mixed, and two rounds from the
+        # same key with different seeds differ by little more than a constant, so rows indexed
+        # that way collide together (on the p3 trace: 1.6 points of hit ratio). A second round for
+        # ``a`` and ``b`` chained from ``a`` measured as well as splitmix64 and costs a third of it
+        # in Python. The compiled sketch computes the same numbers.
+        seed_a = self._seed_a
+        a = hash((hash((key_hash, seed_a)), seed_a))
+        return a, hash((a, self._seed_b))
+
     def increment(self, key_hash: int) -> None:
         """Count one more access of the key with this ``hash()``."""
-        a = hash((key_hash, self._seed_a))
-        b = hash((key_hash, self._seed_b))
+        a, b = self._hashes(key_hash)
         mask = self._mask
         width = self._width
         table = self._table
@@ -100,8 +109,7 @@ class FrequencySketch:
 
     def frequency(self, key_hash: int) -> int:
         """The estimated recent access count of the key with this ``hash()`` (0-15)."""
-        a = hash((key_hash, self._seed_a))
-        b = hash((key_hash, self._seed_b))
+        a, b = self._hashes(key_hash)
         mask = self._mask
         width = self._width
         table = self._table

@@ -37,6 +37,8 @@ class TimedEntry(Protocol):
 class TimerWheel:
     """Buckets of entries by expiry time, advanced by the store's clock."""
 
+    # The compiled policy (_accel.c, wheel_schedule) files entries itself, reading these two slots
+    # and following _bucket_for step for step: change them together.
     __slots__ = ("_time", "_wheel")
 
     def __init__(self, now: float = 0.0) -> None:
