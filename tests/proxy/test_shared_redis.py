@@ -169,3 +169,50 @@ def test_a_tag_deleted_on_one_instance_is_gone_on_both(
         after = sdk_b.chat.completions.with_raw_response.create(**CHAT)
         assert after.headers["x-cache"] == "MISS"
     assert fake.calls["/v1/chat/completions"] == 2
+
+
+def test_an_event_on_the_redis_stream_invalidates_every_instance(
+    start_proxy: StartProxy,
+    fake: FakeUpstream,
+    tmp_path: Path,
+    redis_url: str,
+    shared: redis.Redis,
+) -> None:
+    from stratacache.llm.events import EventRule
+    from stratacache.llm.rules import CacheRules
+
+    rules = CacheRules(events=(EventRule("product_updated", tags=("product:{0}",)),))
+    instances = [
+        start_proxy(
+            data_dir=tmp_path / name,
+            signing_key_file=tmp_path / "shared.key",
+            redis_url=redis_url,
+            chain="memory,redis",
+            events_stream="strata:events",
+            cache_rules=rules,
+        )
+        for name in ("a", "b")
+    ]
+    tagged = {"x-cache-tags": "product:7"}
+    sdks = [client(i, default_headers=tagged) for i in instances]
+    sdks[0].chat.completions.create(**CHAT)
+    wait_until(lambda: _stored(shared) == 1)
+    for sdk in sdks:  # a hit on both, from their own L0 the second time
+        sdk.chat.completions.create(**CHAT)
+        assert sdk.chat.completions.with_raw_response.create(**CHAT).headers["x-cache"] == "HIT"
+    # Both consumers must be reading before the event is sent (they read what comes after).
+    consumers = [i.server._server.config.app.state.events for i in instances]
+    wait_until(lambda: all(c is not None and c.connected for c in consumers))
+    shared.xadd("strata:events", {"event": "product_updated 7"})
+    wait_until(lambda: all(c.handled == 1 for c in consumers))
+    assert _stored(shared) == 0
+    # B asks again: a miss. A's L0 dropped its copy too: it gets B's new answer from Redis.
+    fresh = sdks[1].chat.completions.with_raw_response.create(**CHAT)
+    assert fresh.headers["x-cache"] == "MISS"
+    wait_until(lambda: _stored(shared) == 1)
+    again = sdks[0].chat.completions.with_raw_response.create(**CHAT)
+    assert (again.headers["x-cache"], again.headers["x-cache-tier"]) == ("HIT", "redis")
+    assert again.parse().model_dump() == fresh.parse().model_dump()
+    assert fake.calls["/v1/chat/completions"] == 2
+    for sdk in sdks:
+        sdk.close()

@@ -17,9 +17,18 @@ import pytest
 from redis_server import own_redis_server, redis_server, redis_url
 from stratacache.tiers import MemoryTier, SQLiteTier, Tier, TierChain
 
+from .cluster import RedisCluster, redis_cluster
 from .contract import FakeClock
 
-__all__ = ["TIER_FACTORIES", "clock", "own_redis_server", "redis_server", "redis_url", "tier"]
+__all__ = [
+    "TIER_FACTORIES",
+    "clock",
+    "own_redis_server",
+    "redis_cluster",
+    "redis_server",
+    "redis_url",
+    "tier",
+]
 
 TierFactory = Callable[[pytest.FixtureRequest, FakeClock, Path], Awaitable[Tier]]
 
@@ -45,6 +54,14 @@ async def _redis(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Pat
     return RedisTier(request.getfixturevalue("redis_url"), clock=clock)
 
 
+async def _redis_cluster(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> Tier:
+    from stratacache.tiers.redis import RedisTier
+
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    cluster.flushall()
+    return RedisTier(cluster.url, clock=clock, socket_timeout=5)
+
+
 async def _memory_sqlite_redis(
     request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
 ) -> Tier:
@@ -61,6 +78,7 @@ TIER_FACTORIES: dict[str, TierFactory] = {
     "sqlite": _sqlite,
     "memory+sqlite": _memory_sqlite,
     "redis": _redis,
+    "redis-cluster": _redis_cluster,
     "memory+sqlite+redis": _memory_sqlite_redis,
 }
 """Every tier implementation the contract suite runs against, by test id."""

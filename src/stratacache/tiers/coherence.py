@@ -224,7 +224,7 @@ class CoherentTier:
         await self._local.clear()
 
     async def _follow(self) -> None:
-        pubsub = self._redis.client.pubsub()
+        pubsub = await self._redis.pubsub()
         try:
             await pubsub.subscribe(self._redis.channel)
             last_seen = self._timer()
@@ -253,7 +253,7 @@ class CoherentTier:
                     await self._apply(message["data"])
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                await pubsub.aclose()
 
     async def _apply(self, data: bytes) -> None:
         origin = data[:ORIGIN_BYTES].decode("ascii", "replace")

@@ -30,13 +30,27 @@ opens it again.
 
 Deployment. Standalone servers by URL (``redis://``, ``rediss://``, ``unix://``), a
 Sentinel-managed master by ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]``
-(the sentinels are asked for the current master, so a failover is followed), or any
-``redis.asyncio.Redis`` client you build yourself. Redis Cluster is not supported: the scripts
-touch index keys they do not declare, which a cluster cannot route.
+(the sentinels are asked for the current master, so a failover is followed), a Redis Cluster by
+``redis+cluster://[:password@]host:port[,host:port…]`` (any of its nodes; the others are
+discovered), or any ``redis.asyncio`` client you build yourself.
+
+Cluster layout. A script may only touch keys of one hash slot, and an entry's script touches its
+hash and the index sets it belongs to. So in a cluster every entry is assigned to one of
+:data:`CLUSTER_SHARDS` shards by a hash of its key, and the shard is a hash tag in the prefix of
+all its keys: ``{prefix}{7}:e:{key}``, ``{prefix}{7}:t:{tag}``, ``{prefix}{7}:n:{ns}``. An entry's
+keys share a slot; the shards spread over the cluster's slots (and nodes). Invalidating a tag or
+namespace runs the index script once per shard (concurrently), then publishes one invalidation
+message (``PUBLISH`` reaches subscribers on every node of a cluster). A standalone server keeps the
+layout without shards, so switching a deployment to a cluster starts with an empty shared tier.
+The cluster client's sockets have no timeouts (redis-py 8.1's asyncio cluster client breaks
+connections under concurrent commands when they do); the tier enforces ``socket_timeout`` around
+each call itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import math
 import secrets
@@ -51,7 +65,7 @@ from stratacache.tiers.base import Clock, TierEntry
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["BACKSTOP_MARGIN_S", "RedisTier"]
+__all__ = ["BACKSTOP_MARGIN_S", "CLUSTER_SHARDS", "RedisTier", "cluster_client", "sentinel_master"]
 
 _T = TypeVar("_T")
 
@@ -60,9 +74,12 @@ BACKSTOP_MARGIN_S: Final = 60.0
 
 _MAX_BACKSTOP_MS: Final = 100 * 365 * 86400 * 1000  # beyond a century: no server TTL at all
 _CLEAR_BATCH: Final = 500
-_SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+_SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+CLUSTER_SHARDS: Final = 64
+"""Shards (hash tags) entries are spread over in a Redis Cluster; part of the key layout."""
 
-# ARGV: prefix, key, value, expires_at, namespace, ttl_ms (0: none), tags_json, origin, tags...
+# ARGV: prefix, key, value, expires_at, namespace, ttl_ms (0: none), tags_json, origin, channel,
+# tags...
 _SET = """
 local prefix, key = ARGV[1], ARGV[2]
 local ttl = tonumber(ARGV[6])
@@ -89,8 +106,8 @@ local function index(name)
   end
 end
 index(prefix .. 'n:' .. ARGV[5])
-for i = 9, #ARGV do index(prefix .. 't:' .. ARGV[i]) end
-redis.call('PUBLISH', prefix .. 'invalidate', ARGV[8] .. 'k' .. key)
+for i = 10, #ARGV do index(prefix .. 't:' .. ARGV[i]) end
+redis.call('PUBLISH', ARGV[9], ARGV[8] .. 'k' .. key)
 return 1
 """
 
@@ -110,17 +127,18 @@ local function remove(prefix, key, now)
 end
 """
 
-# ARGV: prefix, key, now, origin
+# ARGV: prefix, key, now, origin, channel
 _DELETE = (
     _REMOVE
     + """
 local removed = remove(ARGV[1], ARGV[2], tonumber(ARGV[3]))
-redis.call('PUBLISH', ARGV[1] .. 'invalidate', ARGV[4] .. 'k' .. ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[4] .. 'k' .. ARGV[2])
 return removed
 """
 )
 
-# KEYS[1]: the index set. ARGV: prefix, now, origin, kind ('t' or 'n'), name
+# KEYS[1]: the index set. ARGV: prefix, now, origin, kind ('t' or 'n'), name, channel ('': the
+# caller publishes, once for every shard)
 _DELETE_INDEX = (
     _REMOVE
     + """
@@ -129,7 +147,7 @@ for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   count = count + remove(ARGV[1], key, tonumber(ARGV[2]))
 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1] .. 'invalidate', ARGV[3] .. ARGV[4] .. ARGV[5])
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[3] .. ARGV[4] .. ARGV[5]) end
 return count
 """
 )
@@ -175,13 +193,15 @@ class RedisTier:
 
     :param url: a ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL (see the
         module doc); the tier owns the client it builds.
-    :param client: instead of ``url``, a ``redis.asyncio.Redis`` client that does not decode
-        responses (the tier does not close it).
+    :param client: instead of ``url``, a ``redis.asyncio.Redis`` (or ``RedisCluster``) client
+        that does not decode responses (the tier does not close it).
     :param prefix: prepended to every Redis key; :meth:`clear` removes exactly the keys under it.
         Instances share a cache by sharing a prefix.
     :param clock: wall-clock Unix seconds (default ``time.time``), compared with ``expires_at``.
     :param socket_timeout: with ``url``, the connect and command timeout in seconds. A cache
         should give up quickly: a miss costs one upstream call, a stalled request costs a user.
+        With a cluster URL it is a deadline on each whole call, waiting for a connection
+        included (see the module doc).
     :param breaker_threshold: consecutive outages after which the breaker opens.
     :param breaker_cooldown: seconds the breaker stays open before one call probes the server.
     :param timer: the monotonic clock of the breaker (default ``time.monotonic``).
@@ -211,6 +231,7 @@ class RedisTier:
         if (client is None) == (url is None):
             raise ConfigError("give RedisTier exactly one of url and client=")
         self._sentinels: list[Any] = []  # clients of the sentinels, closed with the tier
+        self._deadline: float | None = None  # seconds per call, when the client has no timeouts
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError("the Redis key prefix must be a non-empty str")
         if not _positive(socket_timeout):
@@ -231,7 +252,8 @@ class RedisTier:
 
             if not isinstance(url, str) or not url.startswith(_SCHEMES):
                 raise ConfigError(
-                    "the Redis URL must be redis://, rediss://, unix:// or redis+sentinel://"
+                    "the Redis URL must be redis://, rediss://, unix://, redis+sentinel:// or "
+                    "redis+cluster://"
                 )
             # One immediate retry: a pooled connection the server closed is reopened, but a dead
             # server is not waited for.
@@ -243,6 +265,16 @@ class RedisTier:
             try:
                 if url.startswith("redis+sentinel://"):
                     client, self._sentinels = _sentinel_master(redis, url, options)
+                elif url.startswith("redis+cluster://"):
+                    # redis-py 8.1's asyncio cluster client breaks connections under concurrent
+                    # commands whenever socket timeouts are set (a None writer, "Connection
+                    # closed by server"; seen from 12 tasks, with timeouts of 0.25 s as of 30 s,
+                    # and never without them). So its sockets get no timeout and the tier
+                    # enforces the same deadline around each call instead (see _call).
+                    # (Nor the immediate retry: redis-py's cluster client retries by itself.)
+                    bare = {"socket_timeout": None, "socket_connect_timeout": None}
+                    client = _cluster_client(redis, url, bare)
+                    self._deadline = float(socket_timeout)
                 else:
                     client = redis.asyncio.Redis.from_url(url, **options)
             except ValueError as exc:
@@ -253,6 +285,7 @@ class RedisTier:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ConfigError("the Redis client must not decode responses: values are binary")
         self._client: Redis = client
+        self._cluster = isinstance(client, redis.asyncio.RedisCluster)
         self.url = url
         """The URL the tier was built from (``None`` for a client you passed)."""
         self.prefix = prefix
@@ -276,6 +309,15 @@ class RedisTier:
     def client(self) -> Redis:
         """The ``redis.asyncio`` client underneath (for the invalidation subscriber)."""
         return self._client
+
+    async def pubsub(self) -> Any:
+        """A new pub/sub object on this tier's server (or cluster), for the invalidation channel.
+
+        A cluster client must know its slots before it can pick a node to subscribe on.
+        """
+        if self._cluster:
+            await self._client.initialize()
+        return self._client.pubsub()
 
     @property
     def available(self) -> bool:
@@ -328,7 +370,7 @@ class RedisTier:
             self._set_script,
             keys=[self._entry_key(key)],
             args=[
-                self.prefix,
+                self._prefix_for(key),
                 key,
                 entry.value,
                 _expiry_text(entry.expires_at),
@@ -336,6 +378,7 @@ class RedisTier:
                 ttl_ms,
                 json.dumps(tags, ensure_ascii=False),
                 self.origin,
+                self.channel,
                 *tags,
             ],
         )
@@ -347,7 +390,7 @@ class RedisTier:
         removed = await self._call(
             self._delete_script,
             keys=[self._entry_key(key)],
-            args=[self.prefix, key, repr(self._clock()), self.origin],
+            args=[self._prefix_for(key), key, repr(self._clock()), self.origin, self.channel],
         )
         return bool(removed)
 
@@ -376,7 +419,7 @@ class RedisTier:
                 await self._client.unlink(*batch)
             await self._client.publish(self.channel, self.origin + "c")
 
-        await self._call(clear)
+        await self._call(clear, budget=40.0)  # a scan of every node: not one command
 
     async def close(self) -> None:
         """Close the client the tier built; later calls raise :class:`TierError`."""
@@ -390,18 +433,45 @@ class RedisTier:
 
     # -------------------------------------------------------------- internals
 
+    def _prefix_for(self, key: str) -> str:
+        """The prefix of ``key``'s entry and index keys: its shard's in a cluster."""
+        if not self._cluster:
+            return self.prefix
+        shard = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=4).digest())
+        return f"{self.prefix}{{{shard % CLUSTER_SHARDS}}}:"
+
     def _entry_key(self, key: str) -> str:
-        return f"{self.prefix}e:{key}"
+        return f"{self._prefix_for(key)}e:{key}"
 
     async def _delete_index(self, kind: str, name: str) -> int:
-        count = await self._call(
-            self._delete_index_script,
-            keys=[f"{self.prefix}{kind}:{name}"],
-            args=[self.prefix, repr(self._clock()), self.origin, kind, name],
-        )
-        return int(count)
+        now = repr(self._clock())
+        if not self._cluster:
+            count = await self._call(
+                self._delete_index_script,
+                keys=[f"{self.prefix}{kind}:{name}"],
+                args=[self.prefix, now, self.origin, kind, name, self.channel],
+            )
+            return int(count)
 
-    async def _call(self, func: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        async def every_shard() -> int:
+            counts = await asyncio.gather(
+                *(
+                    self._delete_index_script(
+                        keys=[f"{prefix}{kind}:{name}"],
+                        args=[prefix, now, self.origin, kind, name, ""],
+                    )
+                    for prefix in (f"{self.prefix}{{{n}}}:" for n in range(CLUSTER_SHARDS))
+                )
+            )
+            await self._client.publish(self.channel, f"{self.origin}{kind}{name}")
+            return sum(int(c) for c in counts)
+
+        # One script per shard, concurrently: a few deadlines' worth for the lot.
+        return await self._call(every_shard, budget=4.0)
+
+    async def _call(
+        self, func: Callable[..., Awaitable[_T]], *args: Any, budget: float = 1.0, **kwargs: Any
+    ) -> _T:
         """Run one Redis call through the breaker, translating redis-py's errors once, here."""
         if self._closed:
             raise TierError("the Redis tier is closed")
@@ -413,7 +483,11 @@ class RedisTier:
             self._failures = self._threshold - 1
         errors = self._errors
         try:
-            result = await func(*args, **kwargs)
+            if self._deadline is None:
+                result = await func(*args, **kwargs)
+            else:
+                async with asyncio.timeout(self._deadline * budget):
+                    result = await func(*args, **kwargs)
         except (
             errors.ConnectionError,
             errors.TimeoutError,
@@ -422,6 +496,8 @@ class RedisTier:
             errors.OutOfMemoryError,
             errors.MasterDownError,
             errors.TryAgainError,
+            errors.ClusterDownError,
+            errors.RedisClusterException,  # no node reachable (not a RedisError)
             OSError,
             TimeoutError,
         ) as exc:
@@ -438,6 +514,37 @@ class RedisTier:
         where = self.url if self.url is not None else "client"
         state = "closed" if self._closed else ("open" if self.available else "breaker-open")
         return f"RedisTier({where!r}, prefix={self.prefix!r}, {state})"
+
+
+def _cluster_client(redis: Any, url: str, options: dict[str, Any]) -> Any:
+    """The ``redis.asyncio.RedisCluster`` of ``redis+cluster://[:password@]host:port[,…]``."""
+    from urllib.parse import unquote
+
+    netloc = url.removeprefix("redis+cluster://").partition("/")[0]
+    password = None
+    if "@" in netloc:
+        auth, _, netloc = netloc.rpartition("@")
+        password = unquote(auth.partition(":")[2]) or None
+    nodes = []
+    for part in netloc.split(","):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("cluster nodes must be given as host:port[,host:port...]")
+        nodes.append(redis.asyncio.cluster.ClusterNode(host.strip("[]"), int(port)))
+    # The options' retry (one immediate retry): a dead cluster fails fast, as a dead server does.
+    return redis.asyncio.RedisCluster(startup_nodes=nodes, password=password, **options)
+
+
+def cluster_client(url: str, options: dict[str, Any]) -> Any:
+    """A ``redis.asyncio.RedisCluster`` for a ``redis+cluster://`` URL; ``options`` are its
+    connections' (``socket_connect_timeout`` and ``socket_timeout`` at least)."""
+    return _cluster_client(_redis(), url, options)
+
+
+def sentinel_master(url: str, options: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """A ``redis.asyncio`` client of the master a ``redis+sentinel://`` URL names, and the
+    clients of its sentinels (close them too); ``options`` are the master connection's."""
+    return _sentinel_master(_redis(), url, options)
 
 
 def _sentinel_master(redis: Any, url: str, options: dict[str, Any]) -> tuple[Any, list[Any]]:
