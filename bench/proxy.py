@@ -611,6 +611,8 @@ def bench_ours(bench: Bench, workdir: Path, python: str) -> dict[str, str]:
         str(workdir / "strata-data"),
         "--log-level",
         "warning",
+        # The exact cache's costs: a semantic lookup embeds every miss (bench/semantic.py).
+        "--no-semantic",
     ]
     print(f"ours: strata serve on {base}", flush=True)
     with running(Server("strata serve", argv, log=workdir / "strata.log")) as server:

@@ -168,3 +168,49 @@ def test_unknown_override() -> None:
 def test_signing_key_file_override(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, signing_key_file=tmp_path / "elsewhere.key")
     assert settings.key_file == tmp_path / "elsewhere.key"
+
+
+def test_semantic_settings_from_file_env_and_routes(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        """
+semantic = true
+semantic_threshold = 0.9
+embedding_url = "http://127.0.0.1:9000/v1"
+embedding_model = "bge-small"
+
+[routes."chat.completions"]
+semantic_threshold = 0.97
+
+[routes.completions]
+semantic = false
+""",
+    )
+    settings = Settings.load(config_file=config, env={"STRATA_SEMANTIC_SHADOW": "yes"})
+    assert settings.semantic is True
+    assert settings.semantic_shadow is True
+    assert settings.semantic_threshold == 0.9
+    assert (settings.embedding_url, settings.embedding_model) == (
+        "http://127.0.0.1:9000/v1",
+        "bge-small",
+    )
+    assert settings.routes[Route.CHAT].semantic_threshold == 0.97
+    assert settings.routes[Route.COMPLETIONS].semantic is False
+    assert Settings().semantic is None  # unset: on when the extra is installed
+    assert Settings.load(env={"STRATA_SEMANTIC": "false"}).semantic is False
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("semantic_threshold = 1.5\n", "semantic_threshold"),
+        ("semantic = 'maybe'\n", "expected bool"),
+        ('embedding_url = "ftp://x"\nembedding_model = "m"\n', "embedding_url"),
+        ('embedding_url = "http://x/v1"\n', "embedding_model"),
+        ('[routes."chat.completions"]\nsemantic_threshold = -2\n', "semantic_threshold"),
+        ('[routes."chat.completions"]\nsemantic = 1\n', "semantic"),
+    ],
+)
+def test_bad_semantic_settings(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.load(config_file=write(tmp_path, text))

@@ -19,11 +19,27 @@ stratacache faces read their own. An example file::
     redis_url = "redis://127.0.0.1:6379/0"  # a shared tier for several instances
     chain = "memory,sqlite,redis"       # the tiers, fastest first
 
+    semantic = true                     # paraphrases too (default: when the extra is installed)
+    semantic_shadow = false             # true: only observe would-be hits, recommend a threshold
+    semantic_threshold = 0.95           # cosine; unset: the calibrated default
+    embedding_url = "http://127.0.0.1:8081/v1"  # unset: the packaged local model, offline
+    embedding_model = "BAAI/bge-small-en-v1.5"
+
     [routes."chat.completions"]
     mode = "deterministic"              # or "always", "never"
     ttl = 86400
     stale_while_revalidate = 0
     stale_if_error = 0
+    semantic = true                     # false: exact only on this route
+    semantic_threshold = 0.97           # this route's own cosine threshold
+
+    [[rules]]                           # TTL rules, first match wins (stratacache.llm.rules)
+    namespace = "shop-*"
+    prompt = '(?i)in stock'
+    ttl = 300
+
+    [versions."support"]                # versioned namespace: a new value, a fresh key space
+    prompt_version = "v7"
 
     [pricing."my-finetune"]             # US dollars per million tokens
     input = 3.0
@@ -48,6 +64,7 @@ from stratacache.errors import ConfigError
 from stratacache.llm.cache import RoutePolicy
 from stratacache.llm.keys import Route
 from stratacache.llm.policy import AdmissionMode
+from stratacache.llm.rules import RULE_SECTIONS, CacheRules, rules_from_toml
 from stratacache.observability.pricing import Price
 
 __all__ = ["DEFAULT_UPSTREAM", "SIGNING_ALGORITHMS", "TIER_NAMES", "Settings", "redact_url"]
@@ -103,6 +120,10 @@ class Settings:
     """The prefix of every Redis key; instances share entries by sharing it."""
     redis_timeout: float = 0.25
     """Seconds to wait for Redis before serving from the other tiers (and the upstream)."""
+    events_stream: str | None = None
+    """A Redis stream (on ``redis_url``) of external events to apply the ``[[events]]`` rules to."""
+    events_channel: str | None = None
+    """Or a Redis pub/sub channel of such events (see :mod:`stratacache.llm.events`)."""
     chain: str | None = None
     """The tiers, fastest first, comma-separated, from ``memory``, ``sqlite`` and ``redis``.
     ``None``: ``memory,sqlite``, or ``memory,redis`` when ``redis_url`` is set."""
@@ -118,10 +139,27 @@ class Settings:
     """Mixed into every key: change it to stop matching answers cached before."""
     log_level: str = "info"
     """The server's log level."""
+    semantic: bool | None = None
+    """Answer paraphrases from the cache: ``None`` (default) when the ``semantic`` extra is
+    installed, ``True`` always (an error if it is not), ``False`` never."""
+    semantic_shadow: bool = False
+    """Compute would-be semantic hits without serving them; ``/stats`` then recommends a
+    threshold."""
+    semantic_threshold: float | None = None
+    """The cosine similarity a paraphrase needs (a route's ``semantic_threshold`` overrides it);
+    ``None``: the semantic cache's calibrated default."""
+    embedding_url: str | None = None
+    """An OpenAI-compatible base URL (TEI, vLLM, OpenAI; ``/embeddings`` is appended) for the
+    semantic cache's embeddings; ``None``: the packaged local model, offline."""
+    embedding_model: str | None = None
+    """The model name sent to ``embedding_url``."""
     routes: Mapping[Route, RoutePolicy] = field(default_factory=_default_routes)
     """The caching policy per route."""
     pricing: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
     """Price overrides per model, on top of the built-in table."""
+    cache_rules: CacheRules = field(default_factory=CacheRules)
+    """TTL rules and versioned namespaces: the file's ``[[rules]]``, ``[versions."<glob>"]`` and
+    ``[model_snapshots]`` (see :mod:`stratacache.llm.rules`)."""
 
     def __post_init__(self) -> None:
         _check_str("host", self.host)
@@ -174,6 +212,7 @@ class Settings:
                 raise ConfigError(f"{name} must be true or false")
         if not isinstance(self.key_version, str):
             raise ConfigError("key_version must be a string")
+        self._check_semantic()
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {_LOG_LEVELS}, got {self.log_level!r}")
         routes = dict(_default_routes())
@@ -186,14 +225,42 @@ class Settings:
             if not isinstance(model, str) or not isinstance(price, Price):
                 raise ConfigError(f"pricing maps model names to Price, got {model!r}: {price!r}")
         object.__setattr__(self, "pricing", MappingProxyType(dict(self.pricing)))
+        if not isinstance(self.cache_rules, CacheRules):
+            raise ConfigError("cache_rules must be a CacheRules")
+
+    def _check_semantic(self) -> None:
+        if self.semantic is not None and not isinstance(self.semantic, bool):
+            raise ConfigError("semantic must be true, false or unset")
+        if not isinstance(self.semantic_shadow, bool):
+            raise ConfigError("semantic_shadow must be true or false")
+        threshold = self.semantic_threshold
+        if threshold is not None and (
+            not isinstance(threshold, int | float)
+            or isinstance(threshold, bool)
+            or not -1.0 <= threshold <= 1.0
+        ):
+            raise ConfigError(
+                f"semantic_threshold must be a cosine similarity in [-1, 1], got {threshold!r}"
+            )
+        if self.embedding_url is not None:
+            _check_str("embedding_url", self.embedding_url)
+            if urlsplit(self.embedding_url).scheme not in ("http", "https"):
+                raise ConfigError(
+                    f"embedding_url must be an http:// or https:// URL, got {self.embedding_url!r}"
+                )
+            if not self.embedding_model:
+                raise ConfigError("embedding_url needs embedding_model (the model name to send)")
+        if self.embedding_model is not None:
+            _check_str("embedding_model", self.embedding_model)
 
     def _check_redis(self) -> None:
         if self.redis_url is not None:
             _check_str("redis_url", self.redis_url)
-            if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            schemes = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+            if urlsplit(self.redis_url).scheme not in schemes:
                 raise ConfigError(
-                    "redis_url must be a redis://, rediss://, unix:// or redis+sentinel:// URL, got "
-                    f"{redact_url(self.redis_url)!r}"
+                    "redis_url must be a redis://, rediss://, unix://, redis+sentinel:// or "
+                    f"redis+cluster:// URL, got {redact_url(self.redis_url)!r}"
                 )
         _check_str("redis_prefix", self.redis_prefix)
         timeout = self.redis_timeout
@@ -214,6 +281,13 @@ class Settings:
             )
         if "redis" in names and self.redis_url is None:
             raise ConfigError("the chain names redis but redis_url is not set")
+        for name in ("events_stream", "events_channel"):
+            if getattr(self, name) is not None:
+                _check_str(name, getattr(self, name))
+                if self.redis_url is None:
+                    raise ConfigError(f"{name} is read from Redis, but redis_url is not set")
+        if self.events_stream is not None and self.events_channel is not None:
+            raise ConfigError("give events_stream or events_channel, not both")
 
     @property
     def chain_tiers(self) -> tuple[str, ...]:
@@ -254,7 +328,7 @@ class Settings:
             values.update(_from_file(Path(config_file)))
         values.update(_from_env(env))
         for name, value in (overrides or {}).items():
-            if name not in _SCALARS and name not in ("routes", "pricing"):
+            if name not in _SCALARS and name not in ("routes", "pricing", "cache_rules"):
                 raise ConfigError(f"unknown setting {name!r}")
             if value is not None:
                 values[name] = value
@@ -273,7 +347,9 @@ def _field_types() -> dict[str, Any]:
 
 
 _SCALARS: dict[str, Any] = {
-    name: kind for name, kind in _field_types().items() if name not in ("routes", "pricing")
+    name: kind
+    for name, kind in _field_types().items()
+    if name not in ("routes", "pricing", "cache_rules")
 }
 
 
@@ -287,9 +363,12 @@ def _from_file(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for name, value in raw.items():
         where = f"{path}: {name}"
-        if name == "routes":
+        if name in RULE_SECTIONS:
+            sections[name] = value
+        elif name == "routes":
             values["routes"] = _routes(value, where)
         elif name == "pricing":
             values["pricing"] = _pricing(value, where)
@@ -297,8 +376,11 @@ def _from_file(path: Path) -> dict[str, Any]:
             values[name] = _typed(name, value, _SCALARS[name], where, from_text=False)
         else:
             raise ConfigError(
-                f"{where}: unknown setting (known: {sorted([*_SCALARS, 'routes', 'pricing'])})"
+                f"{where}: unknown setting "
+                f"(known: {sorted([*_SCALARS, 'routes', 'pricing', *RULE_SECTIONS])})"
             )
+    if sections:
+        values["cache_rules"] = rules_from_toml(sections, where=str(path), base=path.parent)
     return values
 
 

@@ -218,8 +218,8 @@ async def test_a_failing_tier_falls_back_to_the_upstream(
         response = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
         assert response.status == 200
         assert response.cache is CacheStatus.MISS
+    await cache.aclose()  # the writes come after the answers: closing drains them
     assert metrics.value("strata_not_stored_total", reason="tier-error") == 2
-    await cache.aclose()
 
 
 async def test_embeddings_attribute_batch_usage_to_items(
@@ -405,6 +405,7 @@ async def test_durable_reads_are_verified_every_time(
     codec = cache.codec
     assert isinstance(codec, CountingCodec)
     await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    await cache.drain()  # the record is written after the answer
     for expected in (1, 2):
         await tiers.tiers[0].clear()  # every hit now comes from SQLite, as a new object
         hit = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
@@ -420,6 +421,7 @@ async def test_a_replaced_memory_entry_is_verified_again(
     cache, metrics = make_cache(tiers, upstream, clock)
     miss = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
     assert miss.key is not None
+    await cache.drain()  # the record is written after the answer
     memory = tiers.tiers[0]
     entry = await memory.get(miss.key)
     assert entry is not None
@@ -441,6 +443,7 @@ async def test_invalidation_forgets_verified_records(
     kept = {**CHAT, "messages": [{"role": "user", "content": "kept"}]}
     first = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=headers))
     await cache.handle(LLMRequest(Route.CHAT, kept, headers=AUTH))
+    await cache.drain()
     assert len(cache._verified) == 2
     assert first.key is not None
     if how == "key":
@@ -454,6 +457,157 @@ async def test_invalidation_forgets_verified_records(
     assert len(cache._verified) == (0 if how == "flush" else 1)
     again = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=headers))
     assert again.cache is CacheStatus.MISS
+
+
+# --- write-behind: the answer first, then signing and storing -----------------------------------
+
+
+class RecordingCodec(RecordCodec):
+    """The real codec, recording each record it signs (``fail``: raise instead, like a bug)."""
+
+    def __init__(self, signer: HmacSigner, *, fail: bool = False) -> None:
+        super().__init__(signer)
+        self.encoded: list[str] = []
+        self.fail = fail
+
+    def encode(self, record: Record) -> bytes:
+        if self.fail:
+            raise RuntimeError("signing failed")
+        self.encoded.append(record.key)
+        return super().encode(record)
+
+
+def recording_cache(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, *, fail: bool = False
+) -> tuple[LLMCache, RecordingCodec, Metrics]:
+    codec = RecordingCodec(HmacSigner(KEY), fail=fail)
+    metrics = Metrics()
+    cache = LLMCache(
+        tiers,
+        codec,
+        upstream,
+        tenant_secret=derive_tenant_secret(KEY),
+        observer=metrics,
+        clock=clock,
+    )
+    return cache, codec, metrics
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_answer_is_given_before_the_record_is_signed(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream, stream: bool
+) -> None:
+    cache, codec, _ = recording_cache(tiers, upstream, clock)
+    miss = await cache.handle(LLMRequest(Route.CHAT, {**CHAT, "stream": stream}, headers=AUTH))
+    body = await read(miss)
+    assert body
+    assert codec.encoded == []  # the client has the whole answer; nothing is signed yet
+    assert cache.pending_writes == 1
+    assert miss.key is not None
+    assert await tiers.get(miss.key) is None
+    await cache.drain()
+    assert codec.encoded == [miss.key]
+    assert await tiers.tiers[1].get(miss.key) is not None  # in SQLite too
+    assert cache.pending_writes == 0
+
+
+async def test_a_request_before_the_write_lands_waits_for_it_and_hits(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, codec, metrics = recording_cache(tiers, upstream, clock)
+    miss = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert cache.pending_writes == 1
+    assert codec.encoded == []
+    late = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert late.cache is CacheStatus.HIT  # neither COALESCED nor a second call
+    assert late.tier == "memory"
+    assert await read(late) == await read(miss)
+    assert fake.calls["/v1/chat/completions"] == 1
+    assert metrics.value("strata_coalesced_requests_total") == 0
+    # Embeddings items take the same path.
+    body = {"model": "e", "input": ["alpha", "beta"]}
+    await cache.handle(LLMRequest(Route.EMBEDDINGS, body, headers=AUTH))
+    again = await cache.handle(
+        LLMRequest(Route.EMBEDDINGS, {**body, "input": "beta"}, headers=AUTH)
+    )
+    assert again.cache is CacheStatus.HIT
+    assert fake.calls["/v1/embeddings"] == 1
+    await cache.aclose()
+
+
+async def test_an_answer_that_may_not_be_stored_leaves_nothing_pending(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    fake.finish_reason = "length"
+    cache, codec, metrics = recording_cache(tiers, upstream, clock)
+    first = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    second = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert (first.cache, second.cache) == (CacheStatus.MISS, CacheStatus.MISS)
+    await cache.drain()
+    assert codec.encoded == []
+    assert metrics.value("strata_not_stored_total", reason="finish_reason:length") == 2
+    assert fake.calls["/v1/chat/completions"] == 2
+
+
+async def test_closing_drains_the_pending_writes(
+    tmp_path: Path, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    path = tmp_path / "drain.db"
+    chain = TierChain([MemoryTier(clock=clock), SQLiteTier(path, clock=clock)], clock=clock)
+    cache, _, _ = recording_cache(chain, upstream, clock)
+    requests = [{**CHAT, "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(5)]
+    for body in requests:
+        await cache.handle(LLMRequest(Route.CHAT, body, headers=AUTH))
+    assert cache.pending_writes >= 1  # at least the last answer's write is still to come
+    await cache.aclose()
+    await chain.close()
+    # A new process on the same file has every answer.
+    reopened = TierChain([SQLiteTier(path, clock=clock)], clock=clock)
+    cache, _, _ = recording_cache(reopened, upstream, clock)
+    for body in requests:
+        hit = await cache.handle(LLMRequest(Route.CHAT, body, headers=AUTH))
+        assert hit.cache is CacheStatus.HIT
+    assert fake.calls["/v1/chat/completions"] == 5
+    await cache.aclose()
+    await reopened.close()
+
+
+async def test_a_failing_write_is_counted_and_the_client_still_answered(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, _, metrics = recording_cache(tiers, upstream, clock, fail=True)
+    for stream in (False, True):
+        response = await cache.handle(
+            LLMRequest(Route.CHAT, {**CHAT, "stream": stream}, headers=AUTH)
+        )
+        assert response.status == 200
+        assert b"#" in await read(response)
+        await cache.drain()
+    assert metrics.value("strata_not_stored_total", reason="write-error") == 2
+    assert cache.pending_writes == 0
+    await cache.aclose()
+
+
+@pytest.mark.parametrize("how", ["key", "tag", "flush"])
+async def test_an_invalidation_waits_for_the_pending_write(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream, how: str
+) -> None:
+    cache, _, _ = recording_cache(tiers, upstream, clock)
+    headers = {**AUTH, "x-cache-tags": "t1"}
+    miss = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=headers))
+    assert miss.key is not None
+    assert cache.pending_writes == 1
+    if how == "key":
+        assert await cache.invalidate_key(miss.key)
+    elif how == "tag":
+        assert await cache.invalidate_tag("t1") == 1
+    else:
+        await cache.flush()
+    # The write landed before the delete, not after it: the entry stays gone.
+    assert await tiers.get(miss.key) is None
+    again = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=headers))
+    assert again.cache is CacheStatus.MISS
+    await cache.aclose()
 
 
 def test_verified_records_are_bounded_and_matched_by_identity() -> None:
@@ -511,3 +665,185 @@ def test_verified_records_are_bounded_and_matched_by_identity() -> None:
         _VerifiedRecords(max_entries=-1, max_bytes=10)
     with pytest.raises(ConfigError):
         _VerifiedRecords(max_entries=1, max_bytes=True)
+
+
+# --- the semantic layer, without the HTTP shell -------------------------------------------------
+
+
+class BreakableEmbedder:
+    """HashingEmbedder that raises while ``broken`` (an embedding server that went away)."""
+
+    def __init__(self) -> None:
+        from semantic.helpers import HashingEmbedder
+
+        self.inner = HashingEmbedder()
+        self.broken = False
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def embed(self, texts: Any) -> Any:
+        if self.broken:
+            raise RuntimeError("embedding server unreachable")
+        return self.inner.embed(texts)
+
+
+def semantic_cache(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock
+) -> tuple[LLMCache, Any, BreakableEmbedder]:
+    pytest.importorskip("numpy")
+    from stratacache.llm.semantic import semantic_layer
+    from stratacache.semantic import EmbeddingCache, ExactIndex
+
+    embedder = BreakableEmbedder()
+    layer = semantic_layer(
+        EmbeddingCache(embedder),
+        ExactIndex(embedder.dimension, clock=clock),
+        thresholds={Route.CHAT: None},
+        clock=clock,
+    )
+    cache, _ = make_cache(tiers, upstream, clock, semantic=layer)
+    return cache, layer, embedder
+
+
+def ask(text: str) -> dict[str, Any]:
+    return {**CHAT, "messages": [{"role": "user", "content": text}]}
+
+
+async def test_a_semantic_match_outside_the_requests_scope_is_never_served(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, layer, embedder = semantic_cache(tiers, upstream, clock)
+    other = {"authorization": "Bearer sk-other"}
+    theirs = await cache.handle(LLMRequest(Route.CHAT, ask("secret plans"), headers=other))
+    await cache.drain()
+    assert theirs.key is not None
+    # An index that (through some bug) put their record in our partition must still not leak it.
+    tenant = tenant_for("sk-unit", secret=derive_tenant_secret(KEY))
+    ours = request_key(Route.CHAT, ask("Secret plans"), tenant=tenant)
+    layer.index.add(ours.partition, theirs.key, embedder.embed(["secret plans"])[0], text="x")
+    answer = await cache.handle(LLMRequest(Route.CHAT, ask("Secret plans"), headers=AUTH))
+    assert answer.cache is CacheStatus.MISS
+    assert theirs.key not in layer.index  # dropped on the way
+    assert fake.calls["/v1/chat/completions"] == 2
+    await cache.aclose()
+
+
+async def test_semantic_failures_and_gone_records_fall_back_to_the_upstream(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    cache, layer, embedder = semantic_cache(tiers, upstream, clock)
+    first = await cache.handle(LLMRequest(Route.CHAT, ask("Where is Rome?"), headers=AUTH))
+    await cache.drain()
+    assert first.key is not None
+    hit = await cache.handle(LLMRequest(Route.CHAT, ask("where is rome"), headers=AUTH))
+    assert hit.cache is CacheStatus.SEMANTIC_HIT
+    assert hit.cache_headers["x-cache-similarity"] == "1.0000"
+    # The embedder breaks: requests are answered as if there were no semantic layer.
+    embedder.broken = True
+    broken = await cache.handle(LLMRequest(Route.CHAT, ask("Rome: where is it"), headers=AUTH))
+    assert (broken.status, broken.cache) == (200, CacheStatus.MISS)
+    await cache.drain()
+    assert layer.stats()["errors"] >= 1
+    embedder.broken = False
+    # The record vanishes behind the index's back (evicted): its vector goes on the next match.
+    await tiers.delete(first.key)
+    gone = await cache.handle(LLMRequest(Route.CHAT, ask("where is Rome?"), headers=AUTH))
+    assert gone.cache is CacheStatus.MISS
+    assert first.key not in layer.index
+    assert layer.stats()["stale_vectors"] == 1
+    await cache.drain()
+    # Too old for the client's max-age: not served, and the vector stays for others.
+    assert gone.key is not None
+    assert gone.key in layer.index
+    clock.now += 60
+    headers = {**AUTH, "cache-control": "max-age=10"}
+    old = await cache.handle(LLMRequest(Route.CHAT, ask("WHERE is Rome"), headers=headers))
+    assert old.cache is CacheStatus.MISS
+    assert gone.key in layer.index
+    await cache.aclose()
+
+
+# --- paced replay ----------------------------------------------------------------------------------
+
+
+class Ticks:
+    """A monotonic timer that advances 20 ms per reading (so recorded gaps are never zero)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.02
+        return self.now
+
+
+async def test_a_streamed_hit_can_replay_at_the_recorded_pace(
+    tiers: TierChain, upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+) -> None:
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    routes = {Route.CHAT: RoutePolicy(pace="original", pace_max_gap=0.03)}
+    cache, _ = make_cache(tiers, upstream, clock, routes=routes, sleep=sleep, timer=Ticks())
+    request = LLMRequest(Route.CHAT, {**CHAT, "stream": True}, headers=AUTH)
+    live = await read(await cache.handle(request))
+    await cache.drain()
+    assert pauses == []  # the live stream is never paced
+    stored = await tiers.tiers[1].get(
+        request_key(
+            Route.CHAT, CHAT, tenant=tenant_for("sk-unit", secret=derive_tenant_secret(KEY))
+        ).storage_key
+    )
+    assert stored is not None
+    record = cache.codec.decode(stored.value)
+    assert record.gaps is not None
+    assert len(record.gaps) == len(record.chunks or ())
+    assert all(gap >= 0 for gap in record.gaps)
+    assert record.gaps[0] > 0  # the first chunk waited for the upstream
+    hit = await cache.handle(request)
+    assert hit.cache is CacheStatus.HIT
+    assert hit.stream is not None  # paced: produced over time, not one body
+    assert await read(hit) == live  # the same bytes, usage chunk still left out
+    assert pauses
+    assert all(0 < pause <= 0.03 for pause in pauses)  # capped; zero gaps make no pause
+    # A plain request is answered at once, and a route without pace replays at once too.
+    plain = await cache.handle(LLMRequest(Route.CHAT, CHAT, headers=AUTH))
+    assert plain.body is not None
+    await cache.aclose()
+
+
+def test_pace_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="pace"):
+        RoutePolicy(pace="fast")
+    with pytest.raises(ConfigError, match="pace_max_gap"):
+        RoutePolicy(pace="original", pace_max_gap=-1)
+
+
+def test_recorded_gaps_round_trip_and_stay_optional() -> None:
+    from stratacache.errors import RecordFormatError
+
+    codec = RecordCodec(HmacSigner(KEY))
+    base = Record(
+        key="t/default/chat.completions/d",
+        fingerprint="d",
+        route="chat.completions",
+        model="m",
+        created_at=1.0,
+        chunks=(b'{"a":1}', b'{"b":2}'),
+    )
+    paced = Record(**{**{f: getattr(base, f) for f in base.__slots__}, "gaps": (0.25, 0.0)})
+    assert codec.decode(codec.encode(paced)).gaps == (0.25, 0.0)
+    # Without gaps the bytes are the format as it always was.
+    assert b"gaps" not in codec.encode(base)
+    assert codec.decode(codec.encode(base)).gaps is None
+    for bad in ((0.1,), (0.1, -1.0), (0.1, float("nan"))):
+        with pytest.raises(RecordFormatError):
+            Record(**{**{f: getattr(base, f) for f in base.__slots__}, "gaps": bad})

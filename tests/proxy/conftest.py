@@ -84,16 +84,20 @@ def start_proxy(fake: FakeUpstream, tmp_path: Path, clock: FakeClock) -> Iterato
     """Start a proxy (as many as a test wants; all stopped at the end) on the fake upstream."""
     running: list[RunningProxy] = []
 
-    def start(data_dir: Path | None = None, **overrides: Any) -> RunningProxy:
+    def start(
+        data_dir: Path | None = None, *, embedder: Any = None, **overrides: Any
+    ) -> RunningProxy:
         options: dict[str, Any] = {
             "upstream": fake.base_url,
             "data_dir": data_dir or tmp_path / "strata",
             "admin_token": ADMIN_TOKEN,
             "upstream_timeout": 5.0,
+            # Exact only unless a test asks: the packaged model takes seconds to load.
+            "semantic": embedder is not None,
             **overrides,
         }
         settings = Settings(**options)
-        app = create_app(settings, clock=clock)
+        app = create_app(settings, clock=clock, embedder=embedder)
         server = ThreadedServer(app)
         server.start()
         proxy = RunningProxy(server, app.state.proxy, clock)

@@ -16,6 +16,7 @@ A test steers it through plain attributes, reset between tests by :meth:`FakeUps
   non-streamed answer waits before anything is sent), so a test can gather concurrent requests
   behind one slow upstream call. Once released, the gate stays open (for requests that reach it
   later too) until :meth:`reset`.
+* ``fixed_answer``: the text of every chat answer (no serial in it), so two calls can agree.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class FakeUpstream:
     truncate: Literal["clean", "abort"] | None = None
     finish_reason: str = "stop"
     hold_after: int | None = None
+    fixed_answer: str | None = None
     calls: Counter[str] = field(default_factory=Counter)
     log: list[Call] = field(default_factory=list)
     port: int = 0
@@ -98,6 +100,7 @@ class FakeUpstream:
             self.truncate = None
             self.finish_reason = "stop"
             self.hold_after = None
+            self.fixed_answer = None
             self.calls.clear()
             self.log.clear()
 
@@ -203,7 +206,7 @@ class FakeUpstream:
                 ],
             }
         else:
-            text = _answer(body, serial)
+            text = self.fixed_answer or _answer(body, serial)
             completion_tokens = _words(text)
             finish = self.finish_reason
             message = {"role": "assistant", "content": text, "refusal": None}

@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import RunningProxy, StartProxy
 from .fake_upstream import FakeUpstream
-from .helpers import CHAT, aclient, await_until, client
+from .helpers import CHAT, aclient, await_until, client, wait_until
 
 
 def assert_openai_error(response: httpx.Response, status: int) -> dict[str, object]:
@@ -125,7 +125,10 @@ def test_unfinished_answers_are_not_stored(
     answer = sdk.chat.completions.create(**CHAT)
     assert answer.choices[0].finish_reason == reason
     assert sdk.chat.completions.with_raw_response.create(**CHAT).headers["x-cache"] == "MISS"
-    assert proxy.metric("strata_not_stored_total", reason=f"finish_reason:{reason}") == 2
+    # Counted when the write-behind decides, just after the answers went out.
+    wait_until(
+        lambda: proxy.metric("strata_not_stored_total", reason=f"finish_reason:{reason}") == 2
+    )
 
 
 def test_oversized_body_is_a_413(start_proxy: StartProxy, fake: FakeUpstream) -> None:

@@ -6,13 +6,19 @@ One request goes through these steps, in this order::
     ->  exact key  ->  admission decision (may we read? may we write?)
     ->  look up in the tier chain; decode and verify the record (a record that fails is a miss,
         is deleted and is counted); honour max-age; fresh -> HIT, stale -> STALE or miss
+    ->  exact miss, with a semantic layer (``llm.semantic``): a paraphrase of the final user turn
+        in the same context partition answers it (SEMANTIC-HIT), and an alias of that answer is
+        written under this request's exact key; in shadow mode the would-be answer is only noted
     ->  miss: join an identical request already in flight (COALESCED) or start one (MISS / BYPASS)
     ->  the upstream call runs in its own task; every client reads it as it arrives (a stream is
         teed chunk by chunk, so the first token is not delayed)
-    ->  after the terminal event, and only if the decision and ``storable`` allow: sign, write
-        through every tier.
+    ->  after the terminal event, once the clients have their answers (write-behind), and only if
+        the decision and ``storable`` allow: sign, write through every tier. A request for that
+        key arriving before the write has landed waits for it and is then a HIT (see
+        ``llm.coalesce.PendingWrites``); closing the cache drains the writes still pending.
 
-A hit replays what was recorded: the stored body, or the stored SSE payloads with pacing off. The
+A hit replays what was recorded: the stored body, or the stored SSE payloads, at once or, with a
+route's ``pace = "original"``, with the recorded gaps between chunks (each capped). The
 two shapes convert: a plain request served from a streamed record gets the assembled body, a
 streamed request served from a plain record gets the synthesised chunks (see ``llm.streams``).
 
@@ -59,11 +65,11 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from stratacache.errors import (
     ConfigError,
@@ -74,8 +80,15 @@ from stratacache.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from stratacache.llm.coalesce import Flight
-from stratacache.llm.keys import CacheKey, Route, embedding_input_key, request_key, tenant_for
+from stratacache.llm.coalesce import Flight, PendingWrites
+from stratacache.llm.keys import (
+    CacheKey,
+    Route,
+    embedding_input_key,
+    final_user_turn,
+    request_key,
+    tenant_for,
+)
 from stratacache.llm.policy import (
     AdmissionMode,
     Decision,
@@ -85,6 +98,15 @@ from stratacache.llm.policy import (
     storable,
 )
 from stratacache.llm.records import Record, RecordCodec, flat_usage
+from stratacache.llm.rules import CacheRules
+from stratacache.llm.semantic import (
+    SemanticLayer,
+    ShadowObservation,
+    alias_similarity,
+    alias_tag,
+    answer_text,
+    similarity_tag,
+)
 from stratacache.llm.streams import (
     DEFAULT_MAX_EVENT_BYTES,
     DONE,
@@ -99,8 +121,13 @@ from stratacache.llm.streams import (
     response_events,
     sse_frames,
 )
+from stratacache.prefix.context import estimate_usage
+from stratacache.prefix.keys import KEY_KINDS, PrefixCacheKey, prefix_key, prefix_tokenizer
 from stratacache.tiers.base import Clock, TierEntry
 from stratacache.tiers.chain import TierChain
+
+if TYPE_CHECKING:
+    from stratacache.semantic import Candidate
 
 __all__ = [
     "CacheObserver",
@@ -124,6 +151,7 @@ EVENT_STREAM = "text/event-stream"
 _MAX_ERROR_BODY = 1 << 20  # an upstream error body longer than this is cut (it is for humans)
 _MAX_KEYS_IN_HEADER = 16  # an embeddings batch lists its item keys in X-Cache-Key up to this many
 _USAGE_STREAM_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS})
+_PACES = ("off", "original")
 _TERMINAL_RESPONSE_EVENTS = frozenset(
     {"response.completed", "response.incomplete", "response.failed"}
 )
@@ -151,6 +179,9 @@ class CacheStatus(StrEnum):
     """From the cache, past its expiry (stale-while-revalidate, or stale-if-error)."""
     COALESCED = "COALESCED"
     """From an identical request already in flight: one upstream call answered both."""
+    SEMANTIC_HIT = "SEMANTIC-HIT"
+    """From the cache, recorded for a paraphrase of the final user turn in the same context
+    (see ``llm.semantic``); ``X-Cache-Similarity`` says how close it was."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +196,53 @@ class RoutePolicy:
     """Seconds after expiry during which a stale answer is served while it is refreshed."""
     stale_if_error: float = 0.0
     """Seconds after expiry during which a stale answer is served if the upstream fails."""
+    semantic: bool = True
+    """Answer paraphrases on this route when the cache has a semantic layer (chat, completions and
+    responses only; embeddings are always exact)."""
+    semantic_threshold: float | None = None
+    """The cosine similarity a paraphrase needs on this route; ``None``: the layer's default."""
+    pace: str = "off"
+    """How a streamed hit is replayed: ``off`` (as fast as the client reads) or ``original`` (with
+    the recorded gaps between chunks, each capped at :attr:`pace_max_gap`)."""
+    pace_max_gap: float = 1.0
+    """The longest pause, in seconds, a paced replay makes between two chunks."""
+    key: str = "exact"
+    """``exact``: entries are keyed by the whole request. ``prefix``: by its first
+    :attr:`granularity` prompt tokens, and accepted only when the whole request matches too
+    (:mod:`stratacache.prefix.keys`; needs the ``prefix`` extra)."""
+    granularity: int = 1024
+    """With ``key = "prefix"``: how many prompt tokens key an entry."""
 
     def __post_init__(self) -> None:
+        if self.pace not in _PACES:
+            raise ConfigError(f"pace must be one of {_PACES}, got {self.pace!r}")
+        if not _non_negative(self.pace_max_gap):
+            raise ConfigError(
+                f"pace_max_gap must be a number of seconds >= 0, got {self.pace_max_gap!r}"
+            )
+        if self.key not in KEY_KINDS:
+            raise ConfigError(f"key must be one of {', '.join(KEY_KINDS)}, got {self.key!r}")
+        if (
+            not isinstance(self.granularity, int)
+            or isinstance(self.granularity, bool)
+            or self.granularity < 1
+        ):
+            raise ConfigError(
+                f"granularity must be a number of tokens >= 1, got {self.granularity!r}"
+            )
+        if self.key == "prefix":
+            prefix_tokenizer()  # fail at configuration time, naming the extra, not on a request
+        if not isinstance(self.semantic, bool):
+            raise ConfigError(f"semantic must be true or false, got {self.semantic!r}")
+        threshold = self.semantic_threshold
+        if threshold is not None and not (
+            isinstance(threshold, int | float)
+            and not isinstance(threshold, bool)
+            and -1.0 <= threshold <= 1.0
+        ):
+            raise ConfigError(
+                f"semantic_threshold must be a cosine similarity in [-1, 1] or None, got {threshold!r}"
+            )
         if not isinstance(self.mode, AdmissionMode):
             raise ConfigError(f"mode must be an AdmissionMode, got {self.mode!r}")
         if self.ttl is not None and not _positive(self.ttl):
@@ -221,10 +297,13 @@ class LLMResponse:
     """The tier that served a hit (``X-Cache-Tier``)."""
     upstream_headers: Mapping[str, str] = field(default_factory=dict)
     """The upstream's response headers, when the upstream answered (unfiltered)."""
+    similarity: float | None = None
+    """For a ``SEMANTIC-HIT``: the cosine similarity of the question to the one answered."""
 
     @property
     def cache_headers(self) -> dict[str, str]:
-        """``X-Cache``, ``X-Cache-Key``, ``Age`` and ``X-Cache-Tier``, as they apply."""
+        """``X-Cache``, ``X-Cache-Key``, ``Age``, ``X-Cache-Tier`` and ``X-Cache-Similarity``, as
+        they apply."""
         headers = {"x-cache": self.cache.value}
         if self.key:
             headers["x-cache-key"] = self.key
@@ -232,6 +311,8 @@ class LLMResponse:
             headers["age"] = str(self.age)
         if self.tier:
             headers["x-cache-tier"] = self.tier
+        if self.similarity is not None:
+            headers["x-cache-similarity"] = f"{self.similarity:.4f}"
         return headers
 
 
@@ -285,6 +366,12 @@ class CacheObserver(Protocol):
         """Tokens answered without an upstream call of their own."""
         ...
 
+    def upstream_usage(
+        self, route: str, model: str | None, usage: Mapping[str, int] | None
+    ) -> None:
+        """An upstream answer's usage (the cost ledger prices it, prompt-cache reads included)."""
+        ...
+
     def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
         """An upstream call got its headers (or failed: ``status`` None, ``error`` says how)."""
         ...
@@ -309,6 +396,11 @@ class _NullObserver:
     def tokens_saved(self, route: str, model: str | None, usage: Mapping[str, int] | None) -> None:
         pass
 
+    def upstream_usage(
+        self, route: str, model: str | None, usage: Mapping[str, int] | None
+    ) -> None:
+        pass
+
     def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
         pass
 
@@ -320,6 +412,13 @@ class _NullObserver:
 
     def not_stored(self, route: str, reason: str) -> None:
         pass
+
+
+def _flight_key(key: CacheKey) -> str:
+    """The coalescing key: requests sharing a prefix slot are different requests, never joined."""
+    if isinstance(key, PrefixCacheKey):
+        return f"{key.storage_key}#{key.digest}"
+    return key.storage_key
 
 
 def route_path(route: Route) -> str:
@@ -383,6 +482,8 @@ class _Context:
     upstream_body: bytes
     upstream_headers: Mapping[str, str]
     started: float
+    semantic_text: str | None = None  # the final user turn, to index once the answer is stored
+    shadow: Candidate | None = None  # shadow mode: the answer semantic caching would have given
 
 
 class _ItemFailureError(Exception):
@@ -493,6 +594,9 @@ class LLMCache:
     :param verified_entries: how many verified records to remember beside the entries they came
         from (see "Verified records" in the module doc; 0: decode and verify every read).
     :param verified_bytes: the most stored bytes those remembered records may stand for.
+    :param semantic: answer paraphrases too (see ``llm.semantic``); ``None``: exact only.
+    :param sleep: how a paced replay waits (``asyncio.sleep``; tests record the pauses instead).
+    :param rules: TTL rules and versioned namespaces (see ``llm.rules``); ``None``: none.
     """
 
     def __init__(
@@ -512,6 +616,9 @@ class LLMCache:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         verified_entries: int = 10_000,
         verified_bytes: int = 64 * 1024 * 1024,
+        semantic: SemanticLayer | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rules: CacheRules | None = None,
     ) -> None:
         if not isinstance(tiers, TierChain):
             raise ConfigError("tiers must be a TierChain (wrap a single tier: TierChain([tier]))")
@@ -530,6 +637,10 @@ class LLMCache:
             policies[Route(route)] = policy
         self.routes: Mapping[Route, RoutePolicy] = MappingProxyType(policies)
         self._version = version
+        if rules is not None and not isinstance(rules, CacheRules):
+            raise ConfigError("rules must be a CacheRules (see llm.rules)")
+        self.rules: CacheRules = rules or CacheRules()
+        """The TTL rules and versioned namespaces applied to every request."""
         self._observer: CacheObserver = observer or _NullObserver()
         self._clock = clock
         self._timer = timer
@@ -539,7 +650,16 @@ class LLMCache:
         self._flights: dict[str, Flight] = {}
         self._item_flights: dict[str, asyncio.Future[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending = PendingWrites()
         self._closed = False
+        if semantic is not None and not isinstance(semantic, SemanticLayer):
+            raise ConfigError("semantic must be a SemanticLayer (see llm.semantic.semantic_layer)")
+        self.semantic = semantic
+        """The semantic layer, if paraphrases are answered (or observed, in shadow mode)."""
+        self._sleep = sleep
+        self._semantic_lookups: dict[
+            tuple[str, float | None], asyncio.Future[tuple[_Found, float] | None]
+        ] = {}
 
     # --- entry points ----------------------------------------------------------------------------
 
@@ -561,6 +681,8 @@ class LLMCache:
             share_across_tenants=self._share,
         )
         namespace = directives.namespace or "default"
+        # TTL rules and versioned namespaces (llm.rules): both unchanged when none are configured.
+        policy, version = self.rules.resolve(route, namespace, body, policy, self._version)
         if route is Route.EMBEDDINGS:
             return await self._embeddings(
                 request,
@@ -570,15 +692,20 @@ class LLMCache:
                 namespace=namespace,
                 policy=policy,
                 started=started,
+                version=version,
             )
         stream = body.get("stream") is True
         options = body.get("stream_options")
         want_usage = isinstance(options, Mapping) and options.get("include_usage") is True
-        key = request_key(route, body, tenant=tenant, namespace=namespace, version=self._version)
+        key = request_key(route, body, tenant=tenant, namespace=namespace, version=version)
+        if policy.key == "prefix":
+            key = prefix_key(key, body, granularity=policy.granularity, version=version)
         decision = decide(route, body, directives, policy.mode)
 
         fallback: _Found | None = None
         if decision.lookup:
+            if key.storage_key in self._pending:
+                await self._pending.wait(key.storage_key)
             found = await self._find(key, directives, policy)
             if found is not None and found.freshness is _Freshness.FRESH:
                 return self._serve_record(
@@ -610,6 +737,40 @@ class LLMCache:
             if found is not None:
                 fallback = found
 
+        semantic_text: str | None = None
+        shadow: Candidate | None = None
+        layer = self.semantic
+        if (
+            layer is not None
+            and layer.ready
+            and policy.semantic
+            and route in layer.routes
+            # An identical request in flight answers this one for free: no embedding needed.
+            and _flight_key(key) not in self._flights
+        ):
+            text = final_user_turn(route, body)
+            if text is not None and text.strip():
+                semantic_text = text if decision.store else None
+                if decision.lookup and layer.shadow:
+                    shadow = await self._shadow_lookup(layer, route, key, text)
+                elif decision.lookup:
+                    similar = await self._semantic_once(
+                        layer, route, key, text, directives=directives, policy=policy
+                    )
+                    if similar is not None:
+                        found, score = similar
+                        self._promote(key, found.record, score, policy)
+                        layer.count("served")
+                        return self._serve_record(
+                            route,
+                            found=found,
+                            status=CacheStatus.SEMANTIC_HIT,
+                            stream=stream,
+                            want_usage=want_usage,
+                            started=started,
+                            similarity=score,
+                        )
+
         forward = body
         if (
             stream
@@ -637,44 +798,77 @@ class LLMCache:
             upstream_body=self._upstream_body(request, forward, changed=forward is not body),
             upstream_headers=_upstream_headers(request),
             started=started,
+            semantic_text=semantic_text,
+            shadow=shadow,
         )
         return await self._miss(ctx, fallback)
 
     async def invalidate_key(self, key: str) -> bool:
         """Remove the entry stored under ``key`` (an ``X-Cache-Key`` value) from every tier."""
+        # A write still pending would land after the delete and bring the entry back.
+        await self._pending.wait(key)
         try:
-            return await self.tiers.delete(key)
+            deleted = await self.tiers.delete(key)
+            if self.semantic is not None:
+                # The answers promoted from this one (aliases under paraphrases' keys) go with it.
+                await self._pending.drain()
+                await self.tiers.delete_tag(alias_tag(key))
+            return deleted
         finally:
             self._verified.discard(key)
+            if self.semantic is not None:
+                self.semantic.delete_key(key)
 
     async def invalidate_namespace(self, namespace: str) -> int:
         """Remove every entry in ``namespace`` (of every tenant) from every tier."""
+        await self._pending.drain()
         try:
             return await self.tiers.delete_namespace(namespace)
         finally:
             self._verified.discard_namespace(namespace)
+            if self.semantic is not None:
+                self.semantic.delete_namespace(namespace)
 
     async def invalidate_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` from every tier."""
+        await self._pending.drain()
         try:
             return await self.tiers.delete_tag(tag)
         finally:
             self._verified.discard_tag(tag)
+            if self.semantic is not None:
+                self.semantic.delete_tag(tag)
 
     async def flush(self) -> None:
         """Remove every entry from every tier."""
+        await self._pending.drain()
         try:
             await self.tiers.clear()
         finally:
             self._verified.clear()
+            if self.semantic is not None:
+                self.semantic.clear()
 
     @property
     def in_flight(self) -> int:
         """How many upstream calls are in flight and joinable right now."""
         return len(self._flights) + len(self._item_flights)
 
+    @property
+    def pending_writes(self) -> int:
+        """How many answers already given are still being signed and written to the tiers."""
+        return len(self._pending)
+
+    async def drain(self) -> None:
+        """Wait until the background work in progress (upstream calls and the stores that follow
+        them, refreshes) has finished; ``strata warm`` calls it before it reports what was stored."""
+        while self._tasks or len(self._pending):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._pending.drain()
+
     async def aclose(self) -> None:
-        """Cancel background work (refreshes, abandoned calls). Tiers and upstream stay open."""
+        """Cancel background calls (refreshes, abandoned calls), then finish the pending writes of
+        answers already given, so none is lost. Tiers and upstream stay open."""
         self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
@@ -682,13 +876,37 @@ class LLMCache:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._pending.drain()
 
     # --- lookups ---------------------------------------------------------------------------------
 
     async def _find(
         self, key: CacheKey, directives: Directives, policy: RoutePolicy
     ) -> _Found | None:
-        storage = key.storage_key
+        return await self._find_stored(
+            key.storage_key,
+            key.digest,
+            key.route,
+            directives,
+            policy,
+            shared=isinstance(key, PrefixCacheKey),
+        )
+
+    async def _find_stored(
+        self,
+        storage: str,
+        digest: str,
+        route: Route,
+        directives: Directives,
+        policy: RoutePolicy,
+        *,
+        shared: bool = False,
+    ) -> _Found | None:
+        """The record under ``storage``, verified to answer the request ``digest`` on ``route``.
+
+        ``shared``: ``storage`` is a prefix slot that different requests share, so a record for
+        another request is refused and kept rather than treated as tampering.
+        """
         try:
             found = await self.tiers.lookup(storage)
         except TierError as exc:
@@ -702,7 +920,11 @@ class LLMCache:
             if record is None:
                 record = self.codec.decode(entry.value, expected_key=storage)
                 self._verified.put(storage, entry, record)
-            if record.fingerprint != key.digest or record.route != key.route.value:
+            if shared and record.fingerprint != digest and record.route == route.value:
+                # The collision check: same first N tokens, another request. The record is a
+                # valid answer to that one: refused here, and kept.
+                return None
+            if record.fingerprint != digest or record.route != route.value:
                 raise SignatureError("the record answers another request")
         except RecordError as exc:
             reason = "signature" if isinstance(exc, SignatureError) else "format"
@@ -734,8 +956,31 @@ class LLMCache:
         stream: bool,
         want_usage: bool,
         started: float,
+        similarity: float | None = None,
     ) -> LLMResponse:
         record = found.record
+        if record.tags and status is CacheStatus.HIT and self.semantic is not None:
+            # An alias written by a semantic hit is still a semantic answer.
+            similarity = alias_similarity(record.tags)
+            if similarity is not None:
+                status = CacheStatus.SEMANTIC_HIT
+        policy = self.routes[route]
+        if stream and policy.pace == "original" and record.gaps is not None:
+            frames, pauses = _paced_frames(route, record, want_usage, policy.pace_max_gap)
+            self._observer.request_served(
+                route.value, status.value.lower(), found.tier, self._timer() - started
+            )
+            self._observer.tokens_saved(route.value, record.model, record.usage)
+            return LLMResponse(
+                status=200,
+                cache=status,
+                media_type=EVENT_STREAM,
+                stream=_paced(frames, pauses, self._sleep),
+                key=record.key,
+                age=int(record.age(self._clock())),
+                tier=found.tier,
+                similarity=similarity,
+            )
         body, media_type = _replay(route, record, stream=stream, want_usage=want_usage)
         self._observer.request_served(
             route.value, status.value.lower(), found.tier, self._timer() - started
@@ -749,12 +994,200 @@ class LLMCache:
             key=record.key,
             age=int(record.age(self._clock())),
             tier=found.tier,
+            similarity=similarity,
+        )
+
+    # --- semantic ------------------------------------------------------------------------------
+
+    async def _semantic_once(
+        self,
+        layer: SemanticLayer,
+        route: Route,
+        key: CacheKey,
+        text: str,
+        *,
+        directives: Directives,
+        policy: RoutePolicy,
+    ) -> tuple[_Found, float] | None:
+        """:meth:`_semantic_find`, shared by identical requests arriving together: the first
+        embeds and searches, the others wait for its answer (then coalesce on one upstream call
+        if it found nothing)."""
+        token = (key.storage_key, directives.max_age)
+        shared = self._semantic_lookups.get(token)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        result: asyncio.Future[tuple[_Found, float] | None]
+        result = asyncio.get_running_loop().create_future()
+        self._semantic_lookups[token] = result
+        found: tuple[_Found, float] | None = None
+        try:
+            found = await self._semantic_find(
+                layer, route, key, text, directives=directives, policy=policy
+            )
+            return found
+        finally:
+            del self._semantic_lookups[token]
+            result.set_result(found)
+
+    async def _semantic_find(
+        self,
+        layer: SemanticLayer,
+        route: Route,
+        key: CacheKey,
+        text: str,
+        *,
+        directives: Directives,
+        policy: RoutePolicy,
+    ) -> tuple[_Found, float] | None:
+        """A fresh, verified record answering a paraphrase of ``text`` in ``key``'s partition."""
+        try:
+            hit = await layer.lookup(route, key.partition, text)
+        except Exception as exc:  # an embedder down or broken: answer exactly, as without one
+            logger.warning("semantic lookup failed, answering from upstream: %s", exc)
+            layer.count("error")
+            return None
+        if hit is None:
+            return None
+        # The index only searched this partition; the key must still be this tenant's, in this
+        # namespace, on this route (defence in depth: an index shared with a bug stays harmless).
+        scope = f"{key.tenant}/{key.namespace}/{route.value}/"
+        digest = hit.key[len(scope) :]
+        found = None
+        if hit.key.startswith(scope) and "/" not in digest:
+            found = await self._find_stored(hit.key, digest, route, directives, policy)
+        if found is None or found.freshness is not _Freshness.FRESH:
+            # Invalidated, expired or evicted (or refused by max-age): nothing to serve. A record
+            # that is gone takes its vector with it; one merely too old for max-age keeps it.
+            if found is None and directives.max_age is None:
+                layer.delete_key(hit.key)
+                layer.count("stale")
+            return None
+        return found, hit.score
+
+    async def _shadow_lookup(
+        self, layer: SemanticLayer, route: Route, key: CacheKey, text: str
+    ) -> Candidate | None:
+        try:
+            candidate = await layer.explain(route, key.partition, text)
+        except Exception as exc:
+            logger.warning("shadow semantic lookup failed: %s", exc)
+            layer.count("error")
+            return None
+        if candidate is None:
+            layer.shadow_log.no_candidate()
+        return candidate
+
+    def _promote(self, key: CacheKey, record: Record, score: float, policy: RoutePolicy) -> None:
+        """Write-behind: an alias of ``record`` under the paraphrase's exact key, re-signed, into
+        the faster tiers, so the same paraphrase next time is an exact hit."""
+        if key.storage_key in self._pending:
+            return
+        self._pending.schedule((key.storage_key,), self._write_alias(key, record, score, policy))
+
+    async def _write_alias(
+        self, key: CacheKey, record: Record, score: float, policy: RoutePolicy
+    ) -> None:
+        layer = self.semantic
+        try:
+            await _after_replies()
+            tags = frozenset(
+                {
+                    *(t for t in record.tags if not t.startswith("strata/")),
+                    alias_tag(record.key),
+                    similarity_tag(score),
+                }
+            )
+            alias = Record(
+                key=key.storage_key,
+                fingerprint=key.digest,
+                route=key.route.value,
+                model=record.model,
+                created_at=record.created_at,  # the answer is as old as the original
+                expires_at=record.expires_at,
+                namespace=key.namespace,
+                tags=tags,
+                body=record.body,
+                chunks=record.chunks,
+                usage=record.usage,
+                gaps=record.gaps,
+            )
+            entry = TierEntry(
+                self.codec.encode(alias),
+                expires_at=(
+                    None if alias.expires_at is None else alias.expires_at + policy.stale_window
+                ),
+                tags=tags,
+                namespace=key.namespace,
+            )
+            # The faster tiers: all but the slowest (the durable or shared one), or the only one.
+            tiers = self.tiers.tiers
+            for tier in tiers[:-1] or tiers:
+                await tier.set(key.storage_key, entry)
+            self._verified.put(key.storage_key, entry, alias)
+            if layer is not None:
+                layer.count("promoted")
+        except Exception as exc:  # an alias is an accelerator: a failure only costs an embedding
+            logger.warning("could not promote a semantic hit: %s", exc)
+            if layer is not None:
+                layer.count("error")
+
+    async def _index_answer(self, ctx: _Context, record: Record) -> None:
+        """Add the vector of a stored answer's final user turn (and record a shadow comparison)."""
+        layer = self.semantic
+        if layer is None or ctx.semantic_text is None or not layer.ready:
+            return
+        try:
+            await layer.add(
+                ctx.route,
+                ctx.key.partition,
+                ctx.semantic_text,
+                record.key,
+                expires_at=record.expires_at,
+                tags=record.tags,
+            )
+        except Exception as exc:
+            logger.warning("could not index an answer for semantic lookups: %s", exc)
+            layer.count("error")
+
+    async def _observe_shadow(self, ctx: _Context, response: Mapping[str, Any]) -> None:
+        """Compare the upstream's answer with the one semantic caching would have served."""
+        layer = self.semantic
+        candidate = ctx.shadow
+        if layer is None or candidate is None:
+            return
+        scope = f"{ctx.key.tenant}/{ctx.key.namespace}/{ctx.route.value}/"
+        if not candidate.key.startswith(scope):
+            return
+        found = await self._find_stored(
+            candidate.key,
+            candidate.key[len(scope) :],
+            ctx.route,
+            ctx.directives,
+            ctx.policy,
+        )
+        if found is None:
+            layer.shadow_log.no_candidate()
+            return
+        record = found.record
+        if record.body is not None:
+            stored: Any = _orjson().loads(record.body)
+        else:
+            assert record.chunks is not None
+            stored = _assemble(ctx.route, load_payloads(record.chunks))
+        matched = answer_text(ctx.route, stored) == answer_text(ctx.route, response)
+        layer.shadow_log.record(
+            ShadowObservation(
+                score=candidate.score,
+                would_serve=candidate.served,
+                vetoed=candidate.veto is not None or not getattr(candidate, "verified", True),
+                matched=matched,
+            )
         )
 
     # --- misses ----------------------------------------------------------------------------------
 
     async def _miss(self, ctx: _Context, fallback: _Found | None) -> LLMResponse:
-        storage = ctx.key.storage_key
+        storage = _flight_key(ctx.key)
         flight = self._flights.get(storage) if ctx.decision.lookup else None
         if flight is not None:
             outcome = CacheStatus.COALESCED
@@ -881,7 +1314,7 @@ class LLMCache:
     # --- upstream calls --------------------------------------------------------------------------
 
     def _launch(self, ctx: _Context, *, register: bool, detached: bool = False) -> Flight:
-        storage = ctx.key.storage_key
+        storage = _flight_key(ctx.key)
         flight = Flight(storage, store=ctx.decision.store, detached=detached)
         if register:
             self._flights[storage] = flight
@@ -894,7 +1327,12 @@ class LLMCache:
     async def _fly(self, flight: Flight, ctx: _Context) -> None:
         try:
             await self._fetch(flight, ctx)
-            await self._settle(flight, ctx)
+            # Registered before the flight leaves the table below (no await in between), so a
+            # request for this key finds either the flight or the pending write.
+            keys = (flight.key,) if flight.store and _may_store(flight) else ()
+            # The record is dated when the answer arrived, not when the write gets its turn.
+            answered = self._clock()
+            self._pending.schedule(keys, self._settle_after_replies(flight, ctx, answered))
         except asyncio.CancelledError:
             flight.finish(UpstreamError("the request was abandoned"))
             if flight.store:
@@ -909,7 +1347,7 @@ class LLMCache:
 
     async def _fetch(self, flight: Flight, ctx: _Context) -> None:
         route = ctx.route.value
-        t0 = self._timer()
+        t0 = flight.sent_at = self._timer()
         try:
             reply = await self.upstream.post(
                 route_path(ctx.route), ctx.upstream_body, ctx.upstream_headers
@@ -951,6 +1389,7 @@ class LLMCache:
             events = decoder.feed(data)
             if not events:
                 continue
+            arrived = self._timer()
             for event in events:
                 if event.data == DONE:
                     flight.terminal = True
@@ -959,12 +1398,23 @@ class LLMCache:
                 if responses and name is None:
                     name = _event_type(event.data)
                 flight.events.append(event.data)
+                flight.arrivals.append(arrived)
                 flight.frames.append(encode_event(event.data, name))
                 if responses and name in _TERMINAL_RESPONSE_EVENTS:
                     flight.terminal = True
             flight.wake()
 
-    async def _settle(self, flight: Flight, ctx: _Context) -> None:
+    async def _settle_after_replies(self, flight: Flight, ctx: _Context, answered: float) -> None:
+        """:meth:`_settle`, once the clients' answers are on their way; failures are counted."""
+        try:
+            await _after_replies()
+            await self._settle(flight, ctx, answered)
+        except Exception:  # the client has its answer; a failed write must not reach it
+            logger.exception("could not store an answer")
+            if flight.store:
+                self._observer.not_stored(ctx.route.value, "write-error")
+
+    async def _settle(self, flight: Flight, ctx: _Context, answered: float) -> None:
         """After a flight: count what followers saved, and store the answer if it may be."""
         if flight.error is not None or flight.status is None or not 200 <= flight.status < 300:
             if flight.store:
@@ -991,15 +1441,24 @@ class LLMCache:
         model = model if isinstance(model, str) else str(ctx.body.get("model", ""))
         usage = response.get("usage")
         usage_flat = flat_usage(usage) if isinstance(usage, Mapping) else None
+        # An answer without usage (a stream without include_usage) is still counted: the context
+        # cache estimates its prompt, tokenising only the turns it has not seen before.
+        billed = usage_flat if usage_flat is not None else estimate_usage(ctx.route, ctx.body)
+        self._observer.upstream_usage(ctx.route.value, model, billed)
         for _ in range(flight.followers):
             self._observer.tokens_saved(ctx.route.value, model, usage_flat)
+        if ctx.shadow is not None:
+            try:
+                await self._observe_shadow(ctx, response)
+            except Exception as exc:
+                logger.warning("could not compare a shadow semantic answer: %s", exc)
         if not flight.store:
             return
         reason = storable(ctx.route, response)
         if reason is not None:
             self._observer.not_stored(ctx.route.value, reason)
             return
-        await self._write(
+        record = await self._write(
             ctx.key,
             ctx.route,
             ctx.policy,
@@ -1008,7 +1467,11 @@ class LLMCache:
             usage=usage_flat,
             body=None if flight.sse else flight.body,
             chunks=tuple(flight.events) if flight.sse else None,
+            now=answered,
+            gaps=_gaps(flight) if flight.sse else None,
         )
+        if record is not None:
+            await self._index_answer(ctx, record)
 
     async def _write(
         self,
@@ -1021,8 +1484,12 @@ class LLMCache:
         usage: Mapping[str, int] | None,
         body: bytes | None,
         chunks: tuple[bytes, ...] | None,
-    ) -> bool:
-        now = self._clock()
+        now: float | None = None,
+        gaps: tuple[float, ...] | None = None,
+    ) -> Record | None:
+        """Sign and store an answer; the record if a tier kept it, else ``None`` (counted)."""
+        if now is None:
+            now = self._clock()
         ttl = directives.ttl if directives.ttl is not None else policy.ttl
         expires_at = None if ttl is None else now + ttl
         record = Record(
@@ -1037,6 +1504,7 @@ class LLMCache:
             body=body,
             chunks=chunks,
             usage=usage,
+            gaps=gaps,
         )
         entry = TierEntry(
             self.codec.encode(record),
@@ -1051,15 +1519,15 @@ class LLMCache:
             self._verified.discard(key.storage_key)
             logger.warning("could not store an answer: %s", exc)
             self._observer.not_stored(route.value, "tier-error")
-            return False
+            return None
         if not stored:
             self._verified.discard(key.storage_key)
             self._observer.not_stored(route.value, "declined")
-            return stored
+            return None
         # We signed this record ourselves: the in-process tier hands back this very entry, whose
         # bytes need no verifying. A slower tier's copy is a new object and is verified as read.
         self._verified.put(key.storage_key, entry, record)
-        return stored
+        return record
 
     def _revalidate(
         self,
@@ -1073,7 +1541,7 @@ class LLMCache:
         request: LLMRequest,
     ) -> None:
         """Refresh a stale entry in the background (one refresh per key at a time)."""
-        if self._closed or key.storage_key in self._flights or not decision.store:
+        if self._closed or _flight_key(key) in self._flights or not decision.store:
             return
         plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         ctx = _Context(
@@ -1111,6 +1579,7 @@ class LLMCache:
         namespace: str,
         policy: RoutePolicy,
         started: float,
+        version: str,
     ) -> LLMResponse:
         route = Route.EMBEDDINGS
         model = body.get("model")
@@ -1134,7 +1603,7 @@ class LLMCache:
 
         keys = [
             embedding_input_key(
-                model, item, tenant=tenant, namespace=namespace, extra=body, version=self._version
+                model, item, tenant=tenant, namespace=namespace, extra=body, version=version
             )
             for item in items
         ]
@@ -1144,6 +1613,8 @@ class LLMCache:
         results: dict[str, _Item] = {}
         if decision.lookup:
             for storage, (key, _item) in unique.items():
+                if storage in self._pending:
+                    await self._pending.wait(storage)
                 found = await self._find(key, directives, policy)
                 if found is None or found.freshness is not _Freshness.FRESH:
                     continue
@@ -1274,19 +1745,13 @@ class LLMCache:
                 fetched[storage] = result
                 futures[storage].set_result(result)
             if decision.store:
-                for storage in sent:
-                    key = unique[storage][0]
-                    result = fetched[storage]
-                    await self._write(
-                        key,
-                        Route.EMBEDDINGS,
-                        policy,
-                        directives,
-                        model=model,
-                        usage={"prompt_tokens": result.tokens, "total_tokens": result.tokens},
-                        body=_orjson().dumps(result.embedding),
-                        chunks=None,
-                    )
+                # Write-behind, as for completions: registered before the futures leave
+                # _item_flights (in the finally below, with no await in between).
+                writes = [(unique[s][0], fetched[s]) for s in sent]
+                self._pending.schedule(
+                    tuple(sent),
+                    self._write_items(writes, model, policy, directives, self._clock()),
+                )
             return fetched, upstream_headers
         finally:
             for storage, future in futures.items():
@@ -1303,6 +1768,33 @@ class LLMCache:
                     future.exception()
                 if self._item_flights.get(storage) is future:
                     del self._item_flights[storage]
+
+    async def _write_items(
+        self,
+        items: Sequence[tuple[CacheKey, _Item]],
+        model: str,
+        policy: RoutePolicy,
+        directives: Directives,
+        answered: float,
+    ) -> None:
+        """Store fetched embeddings once the answer is on its way; failures are counted."""
+        try:
+            await _after_replies()
+            for key, result in items:
+                await self._write(
+                    key,
+                    Route.EMBEDDINGS,
+                    policy,
+                    directives,
+                    model=model,
+                    usage={"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+                    body=_orjson().dumps(result.embedding),
+                    chunks=None,
+                    now=answered,
+                )
+        except Exception:
+            logger.exception("could not store embeddings")
+            self._observer.not_stored(Route.EMBEDDINGS.value, "write-error")
 
     async def _embeddings_upstream(
         self,
@@ -1372,6 +1864,75 @@ def _non_negative(value: Any) -> bool:
         and math.isfinite(value)
         and value >= 0
     )
+
+
+async def _after_replies() -> None:
+    """Yield until the answers just handed to waiting clients are on the wire.
+
+    A finished flight wakes its clients; they run in the next turn of the event loop and write their
+    replies, and the proxy's transport (``proxy.server.CoalescingTransport``) sends a turn's writes
+    at the end of the following one. Two turns, then, before signing and the tiers' writes take the
+    loop: that order is what keeps them off a miss's latency.
+    """
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+def _gaps(flight: Flight) -> tuple[float, ...] | None:
+    """The seconds before each event of a recorded stream (the first: since the request went up),
+    to the millisecond; ``None`` if the times are not all there."""
+    if flight.sent_at is None or len(flight.arrivals) != len(flight.events):
+        return None
+    gaps: list[float] = []
+    previous = flight.sent_at
+    for arrived in flight.arrivals:
+        gaps.append(round(max(0.0, arrived - previous), 3))
+        previous = arrived
+    return tuple(gaps)
+
+
+def _paced_frames(
+    route: Route, record: Record, want_usage: bool, max_gap: float
+) -> tuple[list[bytes], list[float]]:
+    """The SSE frames replaying ``record`` and the pause before each (capped at ``max_gap``).
+
+    A chunk left out for this client (the usage chunk it did not ask for) passes its pause on to
+    the next one, so the stream still takes the time it took.
+    """
+    assert record.chunks is not None
+    assert record.gaps is not None
+    strip = route in _USAGE_STREAM_ROUTES and not want_usage
+    kept: list[bytes] = []
+    pauses: list[float] = []
+    carried = 0.0
+    for payload, gap in zip(record.chunks, record.gaps, strict=True):
+        carried += gap
+        out = _strip_usage(payload) if strip else payload
+        if out is None:
+            continue
+        kept.append(out)
+        pauses.append(min(carried, max_gap))
+        carried = 0.0
+    frames = list(sse_frames(route, kept))
+    pauses += [0.0] * (len(frames) - len(pauses))  # [DONE] follows the last chunk at once
+    return frames, pauses
+
+
+async def _paced(
+    frames: Sequence[bytes], pauses: Sequence[float], sleep: Callable[[float], Awaitable[None]]
+) -> AsyncIterator[bytes]:
+    """Yield ``frames``, each after its pause."""
+    for frame, pause in zip(frames, pauses, strict=True):
+        if pause > 0:
+            await sleep(pause)
+        yield frame
+
+
+def _may_store(flight: Flight) -> bool:
+    """Whether a finished flight's answer could be stored (the full check is in ``_settle``)."""
+    if flight.error is not None or flight.status is None or not 200 <= flight.status < 300:
+        return False
+    return flight.terminal or not flight.sse
 
 
 def _credential(headers: Mapping[str, str]) -> str | None:

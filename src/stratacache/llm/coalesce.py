@@ -15,16 +15,27 @@ moment; with no ``await`` in between, a change can never slip past unseen.
 When the last subscriber leaves a flight that has not finished (every client hung up), the call is
 cancelled: nobody wants the answer, and a stream abandoned halfway is never stored. A *detached*
 flight (a background refresh) has no subscribers and always runs to the end.
+
+After the call: write-behind. The answer goes back to every subscriber first; signing the record
+and writing it through the tiers happen afterwards, off the clients' path. Between the two, the
+answer is neither in flight nor stored, and a request arriving then must neither miss (a second
+upstream call for an answer we already have) nor be told ``COALESCED`` for what is by then a
+stored answer. :class:`PendingWrites` is that state, explicitly: the storage keys whose write has
+been scheduled and not yet landed. A request for one of them waits for the write (well under a
+millisecond in the embedded tiers) and then reads the tiers as usual, so it is a plain ``HIT``;
+if the answer turned out not to be storable, it finds nothing and becomes a ``MISS`` like any
+other. Closing the cache drains the pending writes, so an answer given is never lost at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from stratacache.errors import UpstreamError
 
-__all__ = ["Flight"]
+__all__ = ["Flight", "PendingWrites"]
 
 
 class Flight:
@@ -32,6 +43,7 @@ class Flight:
 
     __slots__ = (
         "_changed",
+        "arrivals",
         "body",
         "detached",
         "done",
@@ -41,6 +53,7 @@ class Flight:
         "frames",
         "headers",
         "key",
+        "sent_at",
         "sse",
         "started",
         "status",
@@ -67,6 +80,10 @@ class Flight:
         """The SSE ``data`` payloads received so far, ``[DONE]`` excluded."""
         self.frames: list[bytes] = []
         """The same events encoded as SSE frames, event names included, ready to send."""
+        self.sent_at: float | None = None
+        """When the request went upstream (monotonic seconds), for the recorded pace."""
+        self.arrivals: list[float] = []
+        """When each of :attr:`events` arrived (monotonic seconds), for the recorded pace."""
         self.body: bytes | None = None
         """The whole body of an answer that is not a stream (or of an error status)."""
         self.terminal = False
@@ -139,3 +156,67 @@ class Flight:
     def __repr__(self) -> str:
         state = "done" if self.done else "started" if self.started else "pending"
         return f"Flight({self.key!r}, {state}, subscribers={self.subscribers})"
+
+
+class PendingWrites:
+    """The writes scheduled after answers were given, by storage key, until each has landed.
+
+    :meth:`schedule` registers the keys and starts the write in a task of its own; :meth:`wait`
+    lets a request for one of those keys wait for it; :meth:`drain` waits for all of them (at
+    shutdown). Registration happens in the same step as the flight leaves the coalescing table, so
+    no request can fall between the two.
+    """
+
+    __slots__ = ("_landed", "_tasks")
+
+    def __init__(self) -> None:
+        self._landed: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, keys: tuple[str, ...], write: Coroutine[Any, Any, None]) -> None:
+        """Run ``write`` in a task; ``keys`` count as pending until it ends, however it ends.
+
+        ``write`` is expected to handle its own errors; one that escapes is logged by asyncio's
+        handler only if nobody awaits the task, and :meth:`drain` swallows it.
+        """
+        loop = asyncio.get_running_loop()
+        landed: asyncio.Future[None] = loop.create_future()
+        for key in keys:
+            # A newer write of the same key replaces the older one as the one to wait for: the
+            # tiers serialise writes per key, so it lands last.
+            self._landed[key] = landed
+        task = loop.create_task(write)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if not landed.done():
+                landed.set_result(None)
+            for key in keys:
+                if self._landed.get(key) is landed:
+                    del self._landed[key]
+
+        task.add_done_callback(done)
+
+    async def wait(self, key: str) -> bool:
+        """Wait for the pending write of ``key``, if any; ``True`` if there was one.
+
+        The write is shielded: a waiter that is cancelled does not cancel it.
+        """
+        landed = self._landed.get(key)
+        if landed is None:
+            return False
+        await asyncio.shield(landed)
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._landed
+
+    def __len__(self) -> int:
+        """How many writes are in progress."""
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Wait until every write scheduled so far, and any scheduled meanwhile, has ended."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

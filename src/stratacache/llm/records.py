@@ -116,6 +116,10 @@ class Record:
     """
     usage: Mapping[str, int] | None = field(default=None, hash=False)
     """Token counts, flat (see :func:`flat_usage`); kept as a read-only copy."""
+    gaps: tuple[float, ...] | None = None
+    """For a streamed answer, the seconds between each chunk's arrival and the previous one's (the
+    first: since the request was sent), so a hit can be replayed at the original pace; ``None``:
+    not recorded. Optional in the format: a record without gaps encodes as it always did."""
 
     def __post_init__(self) -> None:
         for name in ("key", "fingerprint", "route", "model", "namespace"):
@@ -144,6 +148,15 @@ class Record:
             or not all(isinstance(k, str) and _is_int(v) for k, v in self.usage.items())
         ):
             raise RecordFormatError("record usage must map strings to integers")
+        if self.gaps is not None and (
+            self.chunks is None
+            or not isinstance(self.gaps, tuple)
+            or len(self.gaps) != len(self.chunks)
+            or not all(_finite(g) and g >= 0 for g in self.gaps)
+        ):
+            raise RecordFormatError(
+                "record gaps must be one finite number >= 0 per chunk, for a streamed record"
+            )
         if self.usage is not None:
             # A frozen record must not share a dict the caller can still change.
             object.__setattr__(self, "usage", MappingProxyType(dict(self.usage)))
@@ -387,6 +400,8 @@ class RecordCodec:
             "chunks": None if record.chunks is None else list(record.chunks),
             "usage": None if record.usage is None else dict(sorted(record.usage.items())),
         }
+        if record.gaps is not None:
+            fields["gaps"] = [float(g) for g in record.gaps]
         payload: bytes = self._msgpack.packb(fields, use_bin_type=True)
         signed = b"".join((self._header, _LENGTH.pack(len(payload)), payload))
         return signed + self.signer.sign(signed)
@@ -439,8 +454,11 @@ class RecordCodec:
             )
         except Exception as exc:  # msgpack raises a zoo of types; all of them mean "not a record"
             raise RecordFormatError(f"record payload does not decode: {exc}") from None
-        if not isinstance(fields, dict) or set(fields) != set(_FIELDS):
+        if not isinstance(fields, dict) or set(fields) - {"gaps"} != set(_FIELDS):
             raise RecordFormatError("record payload does not hold the record fields")
+        gaps = fields.get("gaps")
+        if gaps is not None and not isinstance(gaps, list):
+            raise RecordFormatError("record gaps must be a list")
         tags = fields["tags"]
         chunks = fields["chunks"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
@@ -459,6 +477,7 @@ class RecordCodec:
             body=fields["body"],
             chunks=None if chunks is None else tuple(chunks),
             usage=fields["usage"],
+            gaps=None if gaps is None else tuple(gaps),
         )
 
 

@@ -11,7 +11,7 @@ The series (all prefixed ``strata_``):
 
 ============================================  ================================================
 ``requests_total{route,outcome,tier}``        requests by cache outcome (hit, miss, bypass,
-                                              stale, coalesced) and the tier of a hit
+                                              stale, coalesced, semantic-hit) and the tier
 ``hit_latency_seconds{route}``                request to response start, on a hit
 ``miss_latency_seconds{route}``               ... on a miss or bypass (first byte of a stream)
 ``upstream_latency_seconds{route}``           upstream call to its response headers
@@ -21,6 +21,9 @@ The series (all prefixed ``strata_``):
 ``coalesced_requests_total{route}``           requests that joined an identical one in flight
 ``verification_failures_total{tier,reason}``  stored records that failed to decode or verify
 ``not_stored_total{route,reason}``            answers that were not stored, and why
+``upstream_dollars_total{route,model}``       what upstream answers were billed (ledger)
+``prompt_cache_dollars_saved_total{...}``     what the provider's prompt cache saved on them
+``prompt_cache_tokens_total{...,kind}``       prompt tokens read from / written to that cache
 ============================================  ================================================
 """
 
@@ -30,7 +33,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from stratacache.errors import MissingExtraError
-from stratacache.observability.pricing import PriceTable, token_counts
+from stratacache.observability.ledger import PROVIDER_PRICES, Ledger
+from stratacache.observability.pricing import PriceTable
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
@@ -55,7 +59,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 """Histogram buckets in seconds: fine below 10 ms (hits), coarse up to minutes (slow answers)."""
 
-_SAVED_OUTCOMES = frozenset({"hit", "stale", "coalesced"})
+_SAVED_OUTCOMES = frozenset({"hit", "stale", "coalesced", "semantic-hit"})
 _MAX_BOUND_CHILDREN = 4096
 
 
@@ -138,6 +142,27 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         )
+        # The cost ledger (observability.ledger): every provider's usage shape, priced. Anthropic
+        # and Gemini list prices sit under the configured table, which wins.
+        self.ledger = Ledger(PriceTable({**PROVIDER_PRICES, **self.prices.prices}))
+        self._upstream_dollars = prom.Counter(
+            "strata_upstream_dollars",
+            "US dollars billed for upstream answers (prompt-cache discounts applied).",
+            ["route", "model"],
+            registry=r,
+        )
+        self._prompt_cache_saved = prom.Counter(
+            "strata_prompt_cache_dollars_saved",
+            "US dollars the provider's prompt cache saved on upstream answers (net of writes).",
+            ["route", "model"],
+            registry=r,
+        )
+        self._prompt_cache_tokens = prom.Counter(
+            "strata_prompt_cache_tokens",
+            "Prompt tokens read from (kind=read) or written to (kind=write) the provider's cache.",
+            ["route", "model", "kind"],
+            registry=r,
+        )
 
         # Label children by label values, bound on first use and reused after: ``labels()`` builds
         # and locks on every call, which showed in the profile of a cache hit. Bound lazily, not
@@ -161,7 +186,7 @@ class Metrics:
         bound = self._served.get((route, outcome, tier))
         if bound is None:
             counter = self._requests.labels(route, outcome, tier or "")
-            if outcome in ("hit", "stale"):
+            if outcome in ("hit", "stale", "semantic-hit"):
                 latency = self._hit_latency.labels(route)
             elif outcome in ("miss", "bypass"):
                 latency = self._miss_latency.labels(route)
@@ -175,16 +200,35 @@ class Metrics:
 
     def tokens_saved(self, route: str, model: str | None, usage: Mapping[str, Any] | None) -> None:
         """Count the tokens (and their price) answered without an upstream call of their own."""
-        prompt, completion, cached = token_counts(usage)
+        charge = self.ledger.record_cache_hit(model, usage)
+        prompt, completion = charge.usage.input_tokens, charge.usage.output_tokens
         label = model or "unknown"
         if prompt:
             self._child(self._tokens, route, label, "input").inc(prompt)
         if completion:
             self._child(self._tokens, route, label, "output").inc(completion)
-        price = self.prices.price_for(model)
-        dollars = 0.0 if price is None else price.dollars(prompt, completion, cached)
-        if dollars:
-            self._child(self._dollars, route, label).inc(dollars)
+        if charge.billed:
+            self._child(self._dollars, route, label).inc(charge.billed)
+
+    def upstream_usage(self, route: str, model: str | None, usage: Mapping[str, Any] | None) -> None:
+        """Record an upstream answer's usage in the ledger: its cost and prompt-cache savings."""
+        charge = self.ledger.record_upstream(model, usage)
+        label = model or "unknown"
+        if charge.usage.cached_tokens:
+            self._child(self._prompt_cache_tokens, route, label, "read").inc(
+                charge.usage.cached_tokens
+            )
+        if charge.usage.cache_write_tokens:
+            self._child(self._prompt_cache_tokens, route, label, "write").inc(
+                charge.usage.cache_write_tokens
+            )
+        if charge.billed:
+            self._child(self._upstream_dollars, route, label).inc(charge.billed)
+        if charge.prompt_cache_saved:
+            # A Counter cannot go down: writes that cost more than reads saved show in the ledger.
+            saved = max(charge.prompt_cache_saved, 0.0)
+            if saved:
+                self._child(self._prompt_cache_saved, route, label).inc(saved)
 
     def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
         """Record one upstream call: its latency, and ``error`` (``""`` when it succeeded)."""
@@ -276,6 +320,7 @@ class Metrics:
             "verification_failures": int(scalars["strata_verification_failures_total"]),
             "upstream_errors": {k: int(v) for k, v in upstream_errors.items()},
             "not_stored": {k: int(v) for k, v in not_stored.items()},
+            "ledger": self.ledger.snapshot(),
         }
 
 

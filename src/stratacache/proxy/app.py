@@ -6,7 +6,9 @@ Routes:
   the cache. The body is read with a size limit (rejected while reading, before it is buffered
   whole), must be a JSON object, and is answered with the cache's ``X-Cache`` headers.
 * every other ``/v1/*`` request: passed to the upstream untouched, bodies streamed both ways.
-* ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /stats`` (the same numbers as JSON).
+* ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /stats`` (the same numbers as JSON,
+  with the semantic layer's counts, shadow observations and recommended threshold under
+  ``semantic``).
 * the admin endpoints of :mod:`stratacache.proxy.admin`.
 
 Every error the proxy itself produces has the OpenAI shape, ``{"error": {"message", "type",
@@ -15,7 +17,10 @@ and the proxy keeps serving.
 
 :func:`create_app` builds everything from a :class:`~stratacache.config.Settings`: the embedded
 chain (in-process L0, then SQLite under ``data_dir``), the signing key (created on first start), the
-upstream client and the metrics. ``clock`` and ``transport`` are injectable for tests.
+upstream client, the metrics and, when the ``semantic`` extra is installed (and ``semantic`` is not
+false), the semantic layer (``stratacache.llm.semantic``): its embedder loads in a thread once the
+server has started, and exact caching serves meanwhile; its vectors are saved beside the SQLite
+file at shutdown. ``clock``, ``transport`` and ``embedder`` are injectable for tests.
 """
 
 from __future__ import annotations
@@ -42,7 +47,14 @@ from starlette.routing import BaseRoute
 from starlette.routing import Route as Endpoint
 
 from stratacache.config import Settings
-from stratacache.errors import ConfigError, RequestError, UpstreamError, UpstreamTimeoutError
+from stratacache.errors import (
+    ConfigError,
+    RequestError,
+    StrataError,
+    TierError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from stratacache.llm.cache import LLMCache, LLMRequest, derive_tenant_secret, route_path
 from stratacache.llm.keys import Route
 from stratacache.llm.records import (
@@ -53,9 +65,11 @@ from stratacache.llm.records import (
     Signer,
     load_or_create_key,
 )
+from stratacache.llm.semantic import DeferredIndex, SemanticLayer, semantic_from_settings
 from stratacache.observability.metrics import Metrics
 from stratacache.observability.pricing import PriceTable
-from stratacache.proxy.admin import admin_routes
+from stratacache.proxy.admin import admin_routes, start_event_consumer
+from stratacache.proxy.dashboard import dashboard_route
 from stratacache.proxy.headers import request_headers_for_upstream, response_headers_for_client
 from stratacache.proxy.responses import json_error
 from stratacache.proxy.upstream import ForwardingUpstream, UpstreamTimeouts, make_upstream
@@ -64,6 +78,8 @@ from stratacache.tiers.chain import TierChain
 
 if TYPE_CHECKING:
     import httpx
+
+    from stratacache.semantic.base import Embedder
 
 __all__ = ["Proxy", "build_proxy", "create_app", "json_error"]
 
@@ -89,10 +105,28 @@ class Proxy:
     """The provider client (also used for passthrough)."""
     metrics: Metrics
     """The app's own metrics registry."""
+    vectors: DeferredIndex | None = None
+    """The semantic layer's vector index (saved at shutdown), if semantic caching is on."""
+
+    @property
+    def semantic(self) -> SemanticLayer | None:
+        """The semantic layer, if semantic caching is on."""
+        return self.cache.semantic
+
+    async def start(self) -> None:
+        """Start background work that must not delay serving: loading the embedding model."""
+        layer = self.cache.semantic
+        if layer is not None and not layer.ready:
+            await layer.warm_up()
 
     async def aclose(self) -> None:
-        """Stop background work and close the upstream client and the tiers."""
+        """Stop background work, save the vectors, close the upstream client and the tiers."""
         await self.cache.aclose()
+        if self.vectors is not None:
+            try:
+                self.vectors.save()
+            except TierError as exc:  # the records are safe; only the index must be rebuilt
+                logger.warning("could not save the semantic index: %s", exc)
         await self.upstream.aclose()
         await self.tiers.close()
 
@@ -111,12 +145,15 @@ def build_proxy(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    embedder: Embedder | None = None,
 ) -> Proxy:
-    """Build the embedded stack for ``settings``: memory -> SQLite tiers, signed records, upstream.
+    """Build the embedded stack for ``settings``: memory -> SQLite tiers, signed records, upstream,
+    and the semantic layer when it is on.
 
     ``clock`` (wall-clock seconds) drives record times and tier expiry; ``transport`` (an httpx
     transport: an in-process upstream) replaces the network, and the upstream client is then
-    httpx's instead of aiohttp's (see :func:`~stratacache.proxy.upstream.make_upstream`).
+    httpx's instead of aiohttp's (see :func:`~stratacache.proxy.upstream.make_upstream`);
+    ``embedder`` replaces the semantic layer's configured one.
     """
     import time
 
@@ -135,6 +172,10 @@ def build_proxy(
         max_connections=settings.upstream_max_connections,
     )
     metrics = Metrics(PriceTable.default().with_overrides(settings.pricing))
+    try:
+        semantic = semantic_from_settings(settings, tiers, clock=now, embedder=embedder)
+    except StrataError as exc:
+        raise ConfigError(f"semantic caching: {exc}") from None
     cache = LLMCache(
         tiers,
         RecordCodec(signer),
@@ -146,8 +187,19 @@ def build_proxy(
         observer=metrics,
         clock=now,
         stream_usage=settings.stream_usage,
+        rules=settings.cache_rules,
+        semantic=None if semantic is None else semantic[0],
     )
-    return Proxy(settings=settings, cache=cache, tiers=tiers, upstream=upstream, metrics=metrics)
+    if semantic is not None:
+        metrics.registry.register(SemanticCollector(semantic[0]))
+    return Proxy(
+        settings=settings,
+        cache=cache,
+        tiers=tiers,
+        upstream=upstream,
+        metrics=metrics,
+        vectors=None if semantic is None else semantic[1],
+    )
 
 
 def create_app(
@@ -155,15 +207,26 @@ def create_app(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    embedder: Embedder | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app. Its resources are released when the server's lifespan ends."""
-    proxy = build_proxy(settings, clock=clock, transport=transport)
+    proxy = build_proxy(settings, clock=clock, transport=transport, embedder=embedder)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        import asyncio
+
+        starting = asyncio.get_running_loop().create_task(proxy.start())
+        events = start_event_consumer(settings, proxy.cache)
+        _app.state.events = events  # the Redis event consumer, if one is configured
         try:
             yield
         finally:
+            if events is not None:
+                await events.aclose()
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
             await proxy.aclose()
 
     routes: list[BaseRoute] = [
@@ -174,7 +237,8 @@ def create_app(
         Endpoint("/healthz", _health(proxy), methods=["GET"]),
         Endpoint("/metrics", _metrics(proxy), methods=["GET"]),
         Endpoint("/stats", _stats(proxy), methods=["GET"]),
-        *admin_routes(proxy.cache, settings.admin_token),
+        dashboard_route(),
+        *admin_routes(proxy.cache, settings.admin_token, events=settings.cache_rules.events),
         Endpoint(
             "/v1/{path:path}",
             _passthrough(proxy),
@@ -436,9 +500,86 @@ def _stats(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
         stats: dict[str, Any] = proxy.metrics.snapshot()
         stats["tiers"] = dict(proxy.tiers.health)
         stats["in_flight"] = proxy.cache.in_flight
+        stats["pending_writes"] = proxy.cache.pending_writes
+        layer = proxy.cache.semantic
+        stats["semantic"] = {"mode": "off"} if layer is None else layer.stats()
         return JSONResponse(stats)
 
     return endpoint
+
+
+class SemanticCollector:
+    """Prometheus families for a :class:`~stratacache.llm.semantic.SemanticLayer`, read at scrape.
+
+    ``strata_semantic_lookups_total{result}`` (hit, below_threshold, vetoed),
+    ``strata_semantic_vetoes_total{guard}``, ``strata_semantic_events_total{event}`` (served,
+    promoted, indexed, stale_vectors, errors), ``strata_semantic_vectors``; in shadow mode also
+    ``strata_semantic_shadow_total{outcome}`` (would_serve_matched, would_serve_wrong,
+    not_served), the ``strata_semantic_shadow_similarity`` histogram of the best candidates, and
+    ``strata_semantic_recommended_threshold`` once there is one.
+    """
+
+    def __init__(self, layer: SemanticLayer) -> None:
+        self._layer = layer
+
+    def collect(self) -> Iterator[Any]:
+        """The families, from the layer's counters now."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        stats = self._layer.stats()
+        lookups = CounterMetricFamily(
+            "strata_semantic_lookups", "Semantic lookups by result.", labels=["result"]
+        )
+        for result in ("hits", "below_threshold", "vetoed"):
+            lookups.add_metric([result.removesuffix("s")], stats[result])
+        yield lookups
+        vetoes = CounterMetricFamily(
+            "strata_semantic_vetoes", "Candidates vetoed, by guard.", labels=["guard"]
+        )
+        for guard, count in sorted(stats["vetoes"].items()):
+            vetoes.add_metric([guard], count)
+        yield vetoes
+        events = CounterMetricFamily(
+            "strata_semantic_events", "What the semantic layer did.", labels=["event"]
+        )
+        for event in ("served", "promoted", "indexed", "stale_vectors", "errors"):
+            events.add_metric([event], stats[event])
+        yield events
+        yield GaugeMetricFamily(
+            "strata_semantic_vectors", "Vectors in the semantic index.", value=stats["vectors"]
+        )
+        if not self._layer.shadow:
+            return
+        log = self._layer.shadow_log
+        shadow = stats["shadow"]
+        outcomes = CounterMetricFamily(
+            "strata_semantic_shadow",
+            "Shadow-mode comparisons by outcome.",
+            labels=["outcome"],
+        )
+        outcomes.add_metric(["would_serve_matched"], shadow["would_serve_matched"])
+        outcomes.add_metric(["would_serve_wrong"], shadow["would_serve_wrong"])
+        outcomes.add_metric(["not_served"], shadow["observations"] - shadow["would_serve"])
+        yield outcomes
+        buckets, count, total = log.histogram()
+        yield HistogramMetricFamily(
+            "strata_semantic_shadow_similarity",
+            "Similarity of the best candidate of each shadow comparison.",
+            buckets=[("+Inf" if b == float("inf") else str(b), c) for b, c in buckets],
+            sum_value=total,
+        )
+        assert count == buckets[-1][1]
+        recommended = shadow["recommended_threshold"]
+        if recommended is not None:
+            yield GaugeMetricFamily(
+                "strata_semantic_recommended_threshold",
+                "The threshold the shadow comparisons recommend.",
+                value=recommended,
+            )
 
 
 # --- errors --------------------------------------------------------------------------------------

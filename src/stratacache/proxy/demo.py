@@ -134,7 +134,11 @@ async def _run(
     )
     transport = SimulatedTransport(latency_scale=latency_scale, rng=random.Random(seed))
     settings = Settings(
-        data_dir=data_dir, upstream="http://simulated.invalid/v1", port=0, log_level="warning"
+        data_dir=data_dir,
+        upstream="http://simulated.invalid/v1",
+        port=0,
+        log_level="warning",
+        semantic=False,  # exact caching is what the demo shows; no model to load for it
     )
     app = create_app(settings, transport=transport)
     sock = _free_socket()
