@@ -4,9 +4,12 @@ Both servers are started here on free loopback ports (the sidecar as ``strata re
 uvloop and hiredis when installed; Debian's redis-server without persistence) and measured in
 the same run with the same ``redis-benchmark`` invocations: GET, SET, INCR, LPUSH, HSET and
 MGET (10 keys) at ``-P 1`` and ``-P 16``, 50 clients, random keys from a 100,000-key space. The
-table reports requests per second, p50/p99 latency and the sidecar/redis ratio. Then the
-in-process path: ns per GET on the engine's ``Store`` directly, and one GET round trip through
-redis-py to the sidecar and to redis-server.
+table reports requests per second, p50/p99 latency and the sidecar/redis ratio, and the CPU time
+each server process spent per request (``/proc/PID/stat``, user + system): on a machine shared
+with other work the requests per second swing with the neighbours, while CPU per request
+mostly does not, so its ratio is the steadier estimate of what each server can do on one core.
+Then the in-process path: ns per GET on the engine's ``Store`` directly, and one GET round trip
+through redis-py to the sidecar and to redis-server.
 
 Run it on a quiet machine (``uptime`` load near 0), from the repository root (~5 minutes)::
 
@@ -22,6 +25,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -58,6 +62,8 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float = float("nan")
+    """Server CPU time (user + system) per request, microseconds."""
 
 
 def parse_csv(text: str) -> list[tuple[str, float, float, float]]:
@@ -82,10 +88,27 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (Linux ``/proc``); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # After the command name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_benchmark(
-    server: str, port: int, test: str, *, pipeline: int, requests: int, clients: int
+    server: str,
+    port: int,
+    test: str,
+    *,
+    pipeline: int,
+    requests: int,
+    clients: int,
+    pid: int | None = None,
 ) -> Result:
-    """One ``redis-benchmark`` run against ``port``."""
+    """One ``redis-benchmark`` run against ``port`` (served by process ``pid``)."""
     binary = shutil.which("redis-benchmark")
     if binary is None:
         raise SystemExit("redis-benchmark not found (apt-get install -y redis-tools)")
@@ -106,12 +129,14 @@ def run_benchmark(
         "--csv",
         *TESTS[test],
     ]
+    before = cpu_seconds(pid) if pid is not None else float("nan")
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=True)
+    after = cpu_seconds(pid) if pid is not None else float("nan")
     rows = parse_csv(done.stdout)
     if not rows:
         raise RuntimeError(f"no result from {' '.join(command)}: {done.stdout!r} {done.stderr!r}")
     _, rps, p50, p99 = rows[0]
-    return Result(server, test, pipeline, rps, p50, p99)
+    return Result(server, test, pipeline, rps, p50, p99, (after - before) / requests * 1e6)
 
 
 def in_process(port_sidecar: int, port_redis: int, rounds: int) -> dict[str, float]:
@@ -147,8 +172,9 @@ def markdown(results: list[Result], inproc: dict[str, float], command: str) -> s
     lines.append(machine.markdown_block(machine.describe(), command))
     lines += [
         "| test | -P | redis-server req/s | sidecar req/s | sidecar / redis | "
-        "redis p50/p99 ms | sidecar p50/p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "redis p50/p99 ms | sidecar p50/p99 ms | redis CPU us/req | sidecar CPU us/req | "
+        "redis CPU / sidecar CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.server, r.test, r.pipeline): r for r in results}
     for test in TESTS:
@@ -160,7 +186,9 @@ def markdown(results: list[Result], inproc: dict[str, float], command: str) -> s
             lines.append(
                 f"| {test} | {pipeline} | {redis_result.rps:,.0f} | {ours.rps:,.0f} | "
                 f"{ours.rps / redis_result.rps:.2f} | {redis_result.p50_ms:.3f}/"
-                f"{redis_result.p99_ms:.3f} | {ours.p50_ms:.3f}/{ours.p99_ms:.3f} |"
+                f"{redis_result.p99_ms:.3f} | {ours.p50_ms:.3f}/{ours.p99_ms:.3f} | "
+                f"{redis_result.cpu_us:.2f} | {ours.cpu_us:.2f} | "
+                f"{redis_result.cpu_us / ours.cpu_us if ours.cpu_us > 0 else float('nan'):.2f} |"
             )
     lines += [
         "",
@@ -192,7 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_for_port(sidecar_port)
             for test in args.tests:
                 for pipeline in PIPELINES:
-                    for server, port in (("redis-server", redis_port), ("sidecar", sidecar_port)):
+                    for server, port, pid in (
+                        ("redis-server", redis_port, redis_process.pid),
+                        ("sidecar", sidecar_port, sidecar_process.pid),
+                    ):
                         result = run_benchmark(
                             server,
                             port,
@@ -200,10 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             pipeline=pipeline,
                             requests=args.requests,
                             clients=args.clients,
+                            pid=pid,
                         )
                         results.append(result)
                         print(
-                            f"{server:12s} {test:6s} -P {pipeline:2d} {result.rps:12,.0f} req/s",
+                            f"{server:12s} {test:6s} -P {pipeline:2d} {result.rps:12,.0f} req/s "
+                            f"{result.cpu_us:8.2f} us CPU/req",
                             flush=True,
                         )
             inproc = in_process(sidecar_port, redis_port, max(100, args.requests // 100))

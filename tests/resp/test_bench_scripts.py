@@ -64,3 +64,17 @@ def test_tcl_table_counts_repeated_names_as_multisets() -> None:
     text = resp_tcl.markdown([(theirs, mine)], "cmd", {"date": "today"})
     assert "| unit/s | 3 | 2 | 66.7% | 1 |" in text
     assert "- a" in text
+
+
+def test_cpu_seconds_of_a_process_grow_with_its_work() -> None:
+    import os
+
+    if not Path(f"/proc/{os.getpid()}/stat").exists():
+        return  # not Linux: the column reads NaN
+    before = resp.cpu_seconds(os.getpid())
+    deadline = before + 0.05
+    total = 0
+    while resp.cpu_seconds(os.getpid()) < deadline:  # spins until 50 ms of CPU were used
+        total += sum(range(10_000))
+    assert resp.cpu_seconds(os.getpid()) >= before + 0.05
+    assert resp.cpu_seconds(2**22 + 12345) != resp.cpu_seconds(2**22 + 12345)  # NaN: no process

@@ -227,3 +227,113 @@ def test_scripts_are_atomic_and_see_the_callers_db(client: Client) -> None:
     client("SET", "k", "db2")
     assert client("EVAL", "redis.call('select', 0) return redis.call('get', 'k')", "0") is None
     assert client("GET", "k") == b"db2"  # SELECT inside the script does not move the caller
+
+
+def _busy_sidecar(clock: FakeClock) -> tuple[Sidecar, Client]:
+    sidecar = Sidecar(Keyspace(clock=clock))
+    client = Client(sidecar)
+    client("CONFIG", "SET", "lua-time-limit", "0")  # busy from the first hook call
+    client("CONFIG", "SET", "strata-script-time-limit", "10000")
+    return sidecar, client
+
+
+def test_a_long_script_answers_busy_and_script_kill_stops_it(clock: FakeClock) -> None:
+    sidecar, caller = _busy_sidecar(clock)
+    other = Client(sidecar)
+    seen: list[object] = []
+
+    def poller(session: object) -> None:
+        # The server's poller runs the other clients' commands from inside the script.
+        assert session is caller.session
+        if not seen:
+            seen.append(other("PING"))
+            seen.append(other("FUNCTION", "KILL"))  # an EVAL runs: FUNCTION KILL is refused
+            seen.append(other("SCRIPT", "KILL"))
+
+    sidecar.busy_poller = poller
+    reply = caller("EVAL", "local f = function() while 1 do end end while 1 do pcall(f) end", "0")
+    assert "killed by user" in _error(reply)  # pcall does not keep a killed script alive
+    assert seen[0] == ErrorReply(
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."
+    )
+    assert _error(seen[1]).startswith("BUSY")
+    assert seen[2] == "OK"
+    assert sidecar.busy is None
+    assert other("PING") == "PONG"
+    assert other("SCRIPT", "KILL") == ErrorReply("NOTBUSY No scripts in execution right now.")
+
+
+def test_a_script_that_wrote_cannot_be_killed(clock: FakeClock) -> None:
+    sidecar, caller = _busy_sidecar(clock)
+    other = Client(sidecar)
+    seen: list[object] = []
+
+    def poller(session: object) -> None:
+        if not seen:
+            seen.append(other("SCRIPT", "KILL"))
+            seen.append(other("GET", "x"))
+            # Let the script finish: what another sidecar user could not do while BUSY.
+            sidecar.keyspace.dbs[0].set(b"stop", b"1")
+
+    sidecar.busy_poller = poller
+    script = "redis.call('set', 'x', 'y') while not redis.call('get', 'stop') do end return 7"
+    assert caller("EVAL", script, "0") == 7
+    assert _error(seen[0]).startswith("UNKILLABLE Sorry the script already executed write")
+    assert _error(seen[1]).startswith("BUSY")
+    assert caller("GET", "x") == b"y"
+
+
+def test_transactions_meeting_a_busy_script_are_aborted(clock: FakeClock) -> None:
+    sidecar, caller = _busy_sidecar(clock)
+    queued, aborted = Client(sidecar), Client(sidecar)
+    caller("SET", "xx", "1")
+    assert aborted("MULTI") == "OK"
+    assert aborted("INCR", "xx") == "QUEUED"
+    seen: list[object] = []
+
+    def poller(session: object) -> None:
+        if not seen:
+            seen.append(queued("MULTI"))  # allowed while busy
+            seen.append(queued("INCR", "xx"))  # refused: the transaction will fail
+            seen.append(aborted("EXEC"))  # refused, and the transaction is discarded
+            seen.append(aborted("FUNCTION", "KILL"))
+            seen.append(aborted("SCRIPT", "KILL"))
+
+    sidecar.busy_poller = poller
+    assert "killed by user" in _error(caller("EVAL", "while true do end", "0"))
+    assert seen[0] == "OK"
+    assert _error(seen[1]).startswith("BUSY")
+    assert _error(seen[2]).startswith(
+        "EXECABORT Transaction discarded because of: BUSY Redis is busy running a script."
+    )
+    assert _error(seen[3]).startswith("BUSY")
+    assert seen[4] == "OK"
+    assert queued("INCR", "xx") == "QUEUED"
+    assert _error(queued("EXEC")).startswith("EXECABORT Transaction discarded because of previous")
+    assert aborted("PING", "x") == b"x"  # no longer in MULTI
+    assert caller("GET", "xx") == b"1"
+
+
+def test_functions_are_killed_with_function_kill(clock: FakeClock) -> None:
+    sidecar, caller = _busy_sidecar(clock)
+    other = Client(sidecar)
+    caller(
+        "FUNCTION",
+        "LOAD",
+        "#!lua name=lib\nredis.register_function('spin', function() while 1 do end end)",
+    )
+    seen: list[object] = []
+
+    def poller(session: object) -> None:
+        if not seen:
+            seen.append(other("PING"))
+            seen.append(other("SCRIPT", "KILL"))
+            seen.append(other("FUNCTION", "KILL"))
+
+    sidecar.busy_poller = poller
+    assert "killed by user" in _error(caller("FCALL", "spin", "0"))
+    assert seen[0] == ErrorReply(
+        "BUSY Redis is busy running a script. You can only call FUNCTION KILL or SHUTDOWN NOSAVE."
+    )
+    assert _error(seen[1]).startswith("BUSY")
+    assert seen[2] == "OK"

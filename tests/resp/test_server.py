@@ -218,3 +218,75 @@ def test_bgsave_writes_in_the_background(resp_server: RunningServer, tmp_path: P
             time.sleep(0.005)
         assert client.info("persistence")["rdb_last_bgsave_status"] == "ok"
     assert load_snapshot(Keyspace(clock=resp_server.clock), path) == 1
+
+
+def test_a_long_script_lets_other_clients_in_for_busy_and_script_kill(
+    resp_server: RunningServer,
+) -> None:
+    pytest.importorskip("lupa")
+    import redis
+
+    admin = resp_server.redis()
+    admin.config_set("lua-time-limit", 0)
+    with resp_server.raw() as runner:
+        # The script and a PING behind it in one pipeline: the PING waits for the script.
+        runner.sendall(
+            b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n*1\r\n$4\r\nPING\r\n"
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                admin.ping()
+            except redis.exceptions.ResponseError as exc:
+                busy = str(exc)
+                break
+            assert time.monotonic() < deadline, "the script never made the server busy"
+            time.sleep(0.001)
+        assert busy.startswith("BUSY Redis is busy running a script.")
+        assert admin.script_kill() is True
+        replies = _exchange(runner, b"", 2)
+    assert isinstance(replies[0], ErrorReply)
+    assert "killed by user" in replies[0].message
+    assert replies[1] == "PONG"
+    assert admin.ping() is True
+
+
+def test_a_client_that_connects_during_a_long_script_can_kill_it(
+    resp_server: RunningServer,
+) -> None:
+    pytest.importorskip("lupa")
+    import redis
+
+    watcher = resp_server.redis()
+    watcher.config_set("lua-time-limit", 0)
+    with resp_server.raw() as runner:
+        runner.sendall(b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                watcher.ping()
+            except redis.exceptions.ResponseError:
+                break
+            assert time.monotonic() < deadline, "the script never made the server busy"
+            time.sleep(0.001)
+        # A new connection, as `redis-cli SCRIPT KILL` opens: accepted while the loop is held,
+        # its HELLO 3 (allowed while busy) is kept when the loop takes it over afterwards.
+        with resp_server.raw() as newcomer:
+            hello, busy, killed = _exchange(
+                newcomer,
+                b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*1\r\n$4\r\nPING\r\n"
+                b"*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n",
+                3,
+            )
+            assert isinstance(hello, dict)
+            assert hello[b"proto"] == 3
+            assert isinstance(busy, ErrorReply)
+            assert busy.message.startswith("BUSY")
+            assert killed == "OK"
+            (script_error,) = _exchange(runner, b"", 1)
+            assert isinstance(script_error, ErrorReply)
+            assert "killed by user" in script_error.message
+            # Served by the loop now, still in RESP3: a null is "_".
+            newcomer.sendall(b"*2\r\n$3\r\nGET\r\n$7\r\nmissing\r\n")
+            assert newcomer.recv(100) == b"_\r\n"
+    assert watcher.ping() is True

@@ -243,9 +243,11 @@ class Database:
             drift = abs(len(key) + value.size + KEY_OVERHEAD - value.weighed)
             if drift > _REWEIGH_MIN and drift > value.weighed >> 3:
                 self._restore(key, value)
-            if type(value) is ListValue or type(value) is ZSetValue:
+            if self.keyspace.blocked and (type(value) is ListValue or type(value) is ZSetValue):
                 self.signal_ready(key)
-        self.touch(key)
+        keyspace = self.keyspace  # touch(), inlined: every LPUSH, HSET, SADD comes here
+        if keyspace.watched or keyspace.write_log is not None:
+            self.touch(key)
 
     def _restore(self, key: bytes, value: object) -> None:
         try:

@@ -362,14 +362,20 @@ end
 -- Once over time, fail on every line of user code: a script that swallows the error with
 -- pcall in a loop reaches a line outside the pcall soon after, and stops there (Redis's
 -- SCRIPT KILL does the same).
+local kill_message = KILLED
+
 local function killing_hook()
-  if in_user_code() then error({err = KILLED}) end
+  if in_user_code() then error({err = kill_message}) end
 end
 
+-- py.expired() answers true past the time limit, or the error text after SCRIPT KILL; while
+-- the server is busy it also serves the other clients (BUSY replies, SCRIPT KILL).
 local function deadline_hook()
-  if py.expired() and in_user_code() then
+  local verdict = py.expired()
+  if verdict and in_user_code() then
+    kill_message = verdict == true and KILLED or verdict
     dbg.sethook(killing_hook, "l")
-    error({err = KILLED})
+    error({err = kill_message})
   end
 end
 

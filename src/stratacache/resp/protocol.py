@@ -281,6 +281,21 @@ def encode(value: object, protocol: int = 2) -> bytes:
     if kind is int:
         number: int = value  # type: ignore[assignment]
         return b":%d\r\n" % number
+    if kind is list:
+        # MGET, LRANGE, HMGET...: an array of strings and nulls, without the general recursion.
+        items: list[object] = value  # type: ignore[assignment]
+        null = _RESP3_NULL if protocol >= 3 else _RESP2_NULL
+        parts = [b"*%d\r\n" % len(items)]
+        append = parts.append
+        for item in items:
+            if type(item) is bytes:
+                append(b"$%d\r\n%b\r\n" % (len(item), item))
+            elif item is None:
+                append(null)
+            else:
+                break
+        else:
+            return b"".join(parts)
     out: list[bytes] = []
     _encode_into(value, protocol >= 3, out)
     return out[0] if len(out) == 1 else b"".join(out)
@@ -615,7 +630,7 @@ class HiredisRequestReader:
             python.unauthenticated
             or not data
             or data[0] != 0x2A
-            or python.failed
+            or python._failed is not None
             or _BIG_COUNT.search(data) is not None
         ):
             return self._to_python(data, 0, [])

@@ -10,11 +10,17 @@ the semantics Redis 7.0 gives them:
   error texts (``... script: f_<sha>, on @user_script:1.``);
 * scripts run atomically: nothing else runs while a script runs.
 
-One deliberate difference: this server runs on one thread, so it cannot answer other clients
-with ``BUSY`` while a script runs long (``lua-time-limit`` is accepted and reported but has no
-effect), and SCRIPT KILL could never arrive. A script that runs past
-``strata-script-time-limit`` milliseconds (30 s by default; CONFIG SET, 0 = never) is therefore
-stopped with an error instead of running forever.
+* a script that runs past ``lua-time-limit`` milliseconds (``busy-reply-threshold``, 5 s by
+  default) makes the server *busy*: the script's instruction-count hook, every 100,000 Lua
+  instructions, hands the server's :attr:`~stratacache.resp.sidecar.Sidecar.busy_poller` the
+  chance to read the other clients and answer them ``BUSY`` (the event loop cannot: the script
+  holds its thread), while SCRIPT KILL / FUNCTION KILL, SHUTDOWN and the handshake commands
+  are served; SCRIPT KILL stops a script that has not written (``UNKILLABLE`` otherwise) at its
+  next line of user code, even through ``pcall``.
+
+A safety net Redis does not have: a script that runs past ``strata-script-time-limit``
+milliseconds (30 s by default; CONFIG SET, 0 = never) is stopped with an error instead of
+running forever.
 
 EVAL scripts and function libraries live in two separate Lua runtimes, as in Redis: SCRIPT FLUSH
 and FUNCTION FLUSH each start theirs afresh.
@@ -36,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 from stratacache.errors import MissingExtraError
 from stratacache.resp.protocol import (
     NULL_ARRAY,
+    OK,
     CommandError,
     ErrorReply,
     Push,
@@ -49,7 +56,15 @@ from stratacache.resp.session import Session
 if TYPE_CHECKING:
     from stratacache.resp.sidecar import Sidecar
 
-__all__ = ["FunctionInfo", "Library", "LuaEnvironment", "Script", "ScriptEngine"]
+__all__ = [
+    "BUSY_EVAL",
+    "BUSY_FUNCTION",
+    "FunctionInfo",
+    "Library",
+    "LuaEnvironment",
+    "Script",
+    "ScriptEngine",
+]
 
 logger = logging.getLogger("stratacache.resp.scripts")
 
@@ -98,6 +113,30 @@ class _Run:
     client: Session
     readonly: bool
     deadline: float
+    busy_at: float = math.inf
+    """When (``time.monotonic``) the server turns busy: start + ``lua-time-limit``."""
+    is_eval: bool = True
+    wrote: bool = False
+    """A write command ran: SCRIPT KILL must refuse (``UNKILLABLE``)."""
+    killed: bool = False
+    """SCRIPT KILL / FUNCTION KILL asked for the script to stop."""
+
+
+BUSY_EVAL: Final = ErrorReply(
+    "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."
+)
+"""The reply other clients get while an EVAL script runs long."""
+BUSY_FUNCTION: Final = ErrorReply(
+    "BUSY Redis is busy running a script. You can only call FUNCTION KILL or SHUTDOWN NOSAVE."
+)
+"""The reply other clients get while a function runs long."""
+_KILLED_BY_USER: Final = b"ERR Script killed by user with SCRIPT KILL..."
+_UNKILLABLE: Final = (
+    "UNKILLABLE Sorry the script already executed write commands against the dataset. You can "
+    "either wait the script termination or kill the server in a hard way using the SHUTDOWN "
+    "NOSAVE command."
+)
+_NOTBUSY: Final = "NOTBUSY No scripts in execution right now."
 
 
 def _lupa() -> Any:
@@ -289,6 +328,8 @@ class LuaEnvironment:
             ), True
         if spec.write and sidecar.min_replicas:
             return self._rejected(sidecar_noreplicas()), True
+        if spec.write:
+            run.wrote = True
         reply = sidecar.call(run.client, spec, argv)
         if type(reply) is ErrorReply:
             return self._error(reply.message, counted=True), True
@@ -378,9 +419,19 @@ class LuaEnvironment:
         name = args[0] if args and isinstance(args[0], bytes) else None
         return name is not None and self.engine.sidecar.table.lookup(name) is not None
 
-    def _expired(self) -> bool:
+    def _expired(self) -> bool | bytes:
+        """The hook's question, every 100,000 instructions: stop the script? ``True`` past
+        ``strata-script-time-limit``, the error text once killed; past ``lua-time-limit`` the
+        other clients are served first."""
         run = self.engine.current
-        return run is not None and time.monotonic() > run.deadline
+        if run is None:
+            return False
+        now = time.monotonic()
+        if now > run.deadline:
+            return True
+        if now >= run.busy_at:
+            self.engine.serve_while_busy(run)
+        return _KILLED_BY_USER if run.killed else False
 
     # -- cjson
 
@@ -981,13 +1032,54 @@ class ScriptEngine:
         client.select(caller.db_index)
         client.resp = 2
         client.in_exec = caller.in_exec
-        limit_ms = int(self.sidecar.config.get("strata-script-time-limit"))
-        deadline = time.monotonic() + (limit_ms / 1000 if limit_ms > 0 else 3600.0)
-        self.current = _Run(caller, client, readonly, deadline)
+        config = self.sidecar.config
+        limit_ms = int(config.get("strata-script-time-limit"))
+        busy_ms = int(config.get("lua-time-limit"))
+        started = time.monotonic()
+        deadline = started + (limit_ms / 1000 if limit_ms > 0 else 3600.0)
+        self.current = _Run(
+            caller,
+            client,
+            readonly,
+            deadline,
+            busy_at=started + max(busy_ms, 0) / 1000,
+            is_eval=not as_function,
+        )
         try:
             return env.run(function, keys, args, caller.resp, funcname, as_function=as_function)
         finally:
             self.current = None
+            self.sidecar.busy = None
+
+    def serve_while_busy(self, run: _Run) -> None:
+        """The script has run past ``lua-time-limit``: let the server answer the others."""
+        sidecar = self.sidecar
+        if sidecar.busy is None:
+            sidecar.busy = BUSY_EVAL if run.is_eval else BUSY_FUNCTION
+            logger.warning("a script has been running for more than lua-time-limit; answering BUSY")
+        poller = sidecar.busy_poller
+        if poller is not None:
+            keyspace = sidecar.keyspace
+            now = keyspace.now  # the script's instant, whatever the others' commands read
+            try:
+                poller(run.caller)
+            finally:
+                keyspace.now = now
+
+    def kill(self, *, is_eval: bool) -> object:
+        """SCRIPT KILL (``is_eval``) or FUNCTION KILL: stop the script that keeps the server
+        busy, unless it wrote."""
+        run = self.current
+        if run is None or self.sidecar.busy is None:
+            raise CommandError(_NOTBUSY)
+        if run.wrote:
+            raise CommandError(_UNKILLABLE)
+        if is_eval and not run.is_eval:
+            raise CommandError(BUSY_FUNCTION.message)
+        if not is_eval and run.is_eval:
+            raise CommandError(BUSY_EVAL.message)
+        run.killed = True
+        return OK
 
 
 def _library_metadata(code: bytes) -> tuple[bytes, bytes]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Final, cast
@@ -61,6 +63,19 @@ class RespConnection(asyncio.Protocol):
         self._wake_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
+        self._authenticated = False  # what the reader was last told
+        self.fd = -1
+        """The socket's descriptor, read directly while a script keeps the loop busy."""
+
+    @property
+    def session(self) -> Session | None:
+        """The client's session (after ``connection_made``)."""
+        return self._session
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether reading stopped for backpressure."""
+        return self._reading_paused
 
     # -- asyncio callbacks
 
@@ -68,11 +83,24 @@ class RespConnection(asyncio.Protocol):
         """Register the session and tune the socket."""
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
+        previous: object = self._transport
         self._transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                self.fd = sock.fileno()
+        if isinstance(previous, _BusyTransport) and self._session is not None:
+            # Accepted while a script kept the loop busy: the loop takes over the socket now,
+            # with the session as it is (AUTH, HELLO, MULTI), and writes what waited.
+            pending = previous.take_pending()
+            if pending:
+                transport.write(pending)
+            if self._session.closing:
+                transport.close()
+            return
         session = self._sidecar.connect(
             _address(transport.get_extra_info("peername")),
             _address(transport.get_extra_info("sockname")),
@@ -86,6 +114,7 @@ class RespConnection(asyncio.Protocol):
             int(config.get("client-query-buffer-limit")),
             prefer_hiredis=self._server.prefer_hiredis,
         )
+        self._authenticated = session.authenticated
         self._reader.unauthenticated = not session.authenticated
         self._server.connections.add(self)
 
@@ -102,7 +131,9 @@ class RespConnection(asyncio.Protocol):
             if result.error is not None:
                 session.out.append(encode(ErrorReply(str(result.error)), session.resp))
                 session.closing = True
-            reader.unauthenticated = not session.authenticated
+            if session.authenticated is not self._authenticated:  # AUTH, HELLO, RESET
+                self._authenticated = session.authenticated
+                reader.unauthenticated = not session.authenticated
         except Exception:
             logger.exception("connection %s failed; closing it", session.addr)
             session.out.append(b"-ERR internal error\r\n")
@@ -185,10 +216,81 @@ class RespConnection(asyncio.Protocol):
         self._flush()
         self._resume_reading()
 
+    def read_while_busy(self) -> None:
+        """Read what the client sent and answer it, from inside a long script.
+
+        The loop is held by the script, so the socket is read here directly; the transport
+        then finds nothing to read (EAGAIN), and its writes are still made at once.
+        """
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EAGAIN, a reset: the loop will see it later
+            return
+        if data:  # b"" is the end of the stream, which the loop will see again
+            self.data_received(data)
+
     def close(self) -> None:
         """Close this connection (CLIENT KILL, server shutdown)."""
         if self._transport is not None:
             self._transport.close()
+
+
+class _BusyTransport:
+    """The transport of a client accepted while a script holds the loop: writes go straight
+    to the socket, and what the socket does not take waits for the loop's transport."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._pending = bytearray()
+        self._closing = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "socket":
+            return self._sock
+        try:
+            if name == "peername":
+                return self._sock.getpeername()
+            if name == "sockname":
+                return self._sock.getsockname()
+        except OSError:
+            return default
+        return default
+
+    def write(self, data: bytes) -> None:
+        if self._pending:
+            self._pending += data
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._closing = True
+            return
+        self._pending += data[sent:]
+
+    def take_pending(self) -> bytes:
+        data = bytes(self._pending)
+        self._pending.clear()
+        return data
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._pending)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def abort(self) -> None:
+        self._closing = True
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
 
 
 class RespServer:
@@ -221,6 +323,8 @@ class RespServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.max_bulk_len = DEFAULT_MAX_BULK
         self.max_query_buffer = DEFAULT_MAX_QUERY
+        self._busy_listener: socket.socket | None = None
+        self._adoptions: set[asyncio.Task[object]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -234,6 +338,7 @@ class RespServer:
         self._loop = loop
         self.sidecar.timer_factory = loop.call_later
         self.sidecar.background = self._run_in_thread
+        self.sidecar.busy_poller = self._serve_while_busy
         self._server = await loop.create_server(
             lambda: RespConnection(self), self.host, self.port, reuse_address=True
         )
@@ -256,6 +361,66 @@ class RespServer:
             done(error)
 
         future.add_done_callback(finished)
+
+    def _serve_while_busy(self, caller: Session) -> None:
+        """Answer the other clients while ``caller``'s script runs long (see scripting.py).
+
+        The caller's own connection is left alone: its next commands wait for the script.
+        """
+        self._accept_while_busy()
+        readers = {
+            connection.fd: connection
+            for connection in self.connections
+            if connection.fd >= 0
+            and connection.session is not caller
+            and not connection.reading_paused
+        }
+        if not readers:
+            return
+        poller = select.poll()
+        for fd in readers:
+            poller.register(fd, select.POLLIN)
+        for fd, _ in poller.poll(0):
+            readers[fd].read_while_busy()
+
+    def _accept_while_busy(self) -> None:
+        """Take the clients that connect while a script runs (``redis-cli SCRIPT KILL`` is a
+        new connection): they are served on a :class:`_BusyTransport` until the loop is free,
+        then handed to it."""
+        listener = self._busy_listener
+        if listener is None:
+            if self._server is None or not self._server.sockets:
+                return
+            # A duplicate of the listening socket: accepting here leaves the loop's own
+            # accept nothing to find (EAGAIN), as reading the clients does.
+            listener = socket.socket(fileno=os.dup(self._server.sockets[0].fileno()))
+            listener.setblocking(False)
+            self._busy_listener = listener
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:  # EAGAIN: nobody waiting
+                return
+            sock.setblocking(False)
+            connection = RespConnection(self)
+            transport = _BusyTransport(sock)
+            connection.connection_made(cast(asyncio.Transport, transport))
+            self.loop.call_soon(self._adopt, connection, transport, sock)
+
+    def _adopt(
+        self, connection: RespConnection, transport: _BusyTransport, sock: socket.socket
+    ) -> None:
+        """The script is over: let the loop run a connection accepted while it ran."""
+        session = connection.session
+        if session is None or session.closing or transport.is_closing():
+            self.connections.discard(connection)
+            if session is not None:
+                self.sidecar.disconnect(session)
+            sock.close()
+            return
+        task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: connection, sock))
+        self._adoptions.add(task)
+        task.add_done_callback(self._adoptions.discard)
 
     async def _expire_loop(self) -> None:
         # Keys nobody reads must still expire (memory, keyspace notifications): Redis's active
@@ -285,6 +450,9 @@ class RespServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expire_task
             self._expire_task = None
+        if self._busy_listener is not None:
+            self._busy_listener.close()
+            self._busy_listener = None
         if self._server is not None:
             self._server.close()
             for connection in list(self.connections):

@@ -12,6 +12,10 @@ instead of a reply: the session is parked on its keys, its later pipelined comma
 after every command that made a key ready the parked sessions are re-run in the order they
 blocked, as Redis's ``handleClientsBlockedOnKeys`` does. The connection supplies the timers
 (:attr:`Sidecar.timer_factory`) so that the core never sleeps.
+
+While a Lua script runs past ``lua-time-limit`` the sidecar is *busy*: the script's hook calls
+:attr:`Sidecar.busy_poller` (the server reads the other clients from there) and every command
+without the ``allow_busy`` flag is refused with ``BUSY`` (an EXEC aborts its transaction).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NOREPLICAS",
     "OUTPUT_SLICE",
+    "QUICK_COMMANDS",
     "REDIS_VERSION",
     "BackgroundRunner",
     "Sidecar",
@@ -79,6 +84,109 @@ _NOAUTH: Final = ErrorReply("NOAUTH Authentication required.")
 NOREPLICAS: Final = ErrorReply("NOREPLICAS Not enough good replicas to write.")
 """Writes are refused while ``min-replicas-to-write`` > 0: a sidecar has no replicas."""
 _IN_MULTI: Final = ErrorReply("ERR Command not allowed inside a transaction")
+_OK_BYTES: Final = b"+OK\r\n"
+_RESP2_NULL: Final = b"$-1\r\n"
+_RESP3_NULL: Final = b"_\r\n"
+_NO_COMMANDS: Final[dict[bytes, CommandSpec]] = {}
+
+QUICK_COMMANDS: Final = frozenset(
+    [
+        "get",
+        "set",
+        "setnx",
+        "setex",
+        "psetex",
+        "getset",
+        "getdel",
+        "getex",
+        "mget",
+        "mset",
+        "msetnx",
+        "append",
+        "strlen",
+        "getrange",
+        "substr",
+        "setrange",
+        "incr",
+        "decr",
+        "incrby",
+        "decrby",
+        "incrbyfloat",
+        "setbit",
+        "getbit",
+        "bitcount",
+        "del",
+        "unlink",
+        "exists",
+        "touch",
+        "type",
+        "expire",
+        "pexpire",
+        "expireat",
+        "pexpireat",
+        "ttl",
+        "pttl",
+        "expiretime",
+        "pexpiretime",
+        "persist",
+        "dbsize",
+        "hset",
+        "hmset",
+        "hsetnx",
+        "hget",
+        "hmget",
+        "hdel",
+        "hlen",
+        "hstrlen",
+        "hexists",
+        "hkeys",
+        "hvals",
+        "hgetall",
+        "hincrby",
+        "lpush",
+        "rpush",
+        "lpushx",
+        "rpushx",
+        "lpop",
+        "rpop",
+        "llen",
+        "lrange",
+        "lindex",
+        "lset",
+        "linsert",
+        "lrem",
+        "ltrim",
+        "lpos",
+        "sadd",
+        "srem",
+        "smembers",
+        "sismember",
+        "smismember",
+        "scard",
+        "spop",
+        "srandmember",
+        "zadd",
+        "zincrby",
+        "zrem",
+        "zcard",
+        "zscore",
+        "zmscore",
+        "zrank",
+        "zrevrank",
+        "zcount",
+        "zrange",
+        "zrevrange",
+        "zrangebyscore",
+        "zpopmin",
+        "zpopmax",
+        "ping",
+        "echo",
+        "publish",
+    ]
+)
+"""Commands that never block, never queue their own replies and never change the state of the
+connection (authentication, MULTI, subscriptions, reply mode, protocol): the commands
+:meth:`Sidecar.feed` may run on its fast path."""
 
 
 def _new_stats() -> list[int]:
@@ -123,6 +231,11 @@ class Sidecar:
         self.keyspace.publisher = self.publish
         self.table = table if table is not None else build_table()
         self._commands = self.table.fast
+        self._quick = {
+            name: spec
+            for name, spec in self.table.fast.items()
+            if spec.name in QUICK_COMMANDS and spec.handler is not None
+        }
         self.requirepass = requirepass
         self.config = RespConfig(self)
         self.snapshot_path = snapshot_path
@@ -150,6 +263,11 @@ class Sidecar:
         self.bgsave_in_progress = False
         self.last_bgsave_ok = True
         self.background: BackgroundRunner | None = None
+        self.busy: ErrorReply | None = None
+        """While a script runs past ``lua-time-limit``: the ``BUSY`` error other clients get."""
+        self.busy_poller: Callable[[Session], None] | None = None
+        """Set by the server: ``poller(caller)`` reads and answers the other clients while the
+        script of ``caller`` runs long (the loop cannot, as the script holds it)."""
 
     # -------------------------------------------------------------- sessions
 
@@ -183,29 +301,121 @@ class Sidecar:
         they once the replies queued pass :data:`OUTPUT_SLICE` bytes: the connection writes
         those first (and stops here while the client does not read them), so one read of
         pipelined commands with big replies cannot build an unbounded buffer or hold the loop.
+
+        While the session is in its plain state (authenticated, no MULTI, no subscriptions in
+        RESP2, every reply wanted, no backing Redis, no script running) the commands of
+        :data:`QUICK_COMMANDS` skip :meth:`execute`'s checks, none of which can fail then: the
+        handler runs and its reply is encoded inline. This is the path of nearly every
+        request a cache sidecar serves, and the per-command cost is what bounds throughput.
         """
         if session.pending or session.blocked is not None:
             session.pending.extend(commands)
             return
-        execute = self.execute
+        keyspace = self.keyspace
         out = session.out
+        append = out.append
+        # is_plain(), inlined: this runs once per read.
+        quick = (
+            self._quick
+            if session.authenticated
+            and session.multi is None
+            and session.reply_mode == REPLY_ON
+            and not (session.resp == 2 and (session.channels or session.patterns))
+            and self.backing is None
+            and not self.min_replicas
+            and self.busy is None
+            else _NO_COMMANDS
+        )
+        protocol = session.resp
+        null = _RESP3_NULL if protocol == 3 else _RESP2_NULL
+        ran: list[str] = []  # the quick commands run, for their stats
+        started = perf_counter_ns()
+        keyspace.now = keyspace.clock()
         counted = size = 0  # replies queued before this point add up to ``size`` bytes
-        for index, argv in enumerate(commands):
-            execute(session, argv)
-            if session.is_blocked:
-                session.pending.extend(commands[index + 1 :])
-                return
-            if session.closing:
-                return
-            if index & 15 == 15:
-                size += sum(map(len, out[counted:]))
-                counted = len(out)
-                if size > OUTPUT_SLICE:
-                    rest = commands[index + 1 :]
-                    if rest:
-                        session.pending.extend(rest)
-                        session.wake()
-                    return
+        try:
+            for index, argv in enumerate(commands):
+                spec = quick.get(argv[0])
+                if spec is not None and spec.min_args <= len(argv) <= spec.max_args:
+                    ran.append(spec.name)
+                    try:
+                        reply = spec.handler(session, argv)  # type: ignore[misc]
+                    except Exception as exc:  # as in call(): one error reply, no crash
+                        reply = self._error_reply(spec, exc)
+                    kind = type(reply)
+                    if kind is bytes:
+                        append(b"$%d\r\n%b\r\n" % (len(reply), reply))  # type: ignore[arg-type,str-format]
+                    elif reply is OK:
+                        append(_OK_BYTES)
+                    elif kind is int:
+                        append(b":%d\r\n" % reply)  # type: ignore[str-format]
+                    elif reply is None:
+                        append(null)
+                    elif kind is ErrorReply:
+                        self.command_stats[spec.name][3] += 1
+                        if not reply.counted:  # type: ignore[union-attr]
+                            self.count_error(reply.message)  # type: ignore[union-attr]
+                        append(encode(reply, protocol))
+                        continue
+                    else:
+                        append(encode(reply, protocol))
+                    if spec.write:
+                        self.dirty += 1
+                    if keyspace.ready:
+                        self.serve_ready()
+                else:
+                    slow = perf_counter_ns()
+                    self.execute(session, argv)
+                    started += perf_counter_ns() - slow  # its time is not the quick ones'
+                    if session.is_blocked:
+                        session.pending.extend(commands[index + 1 :])
+                        return
+                    if session.closing:
+                        return
+                    quick = self._quick if self.is_plain(session) else _NO_COMMANDS
+                    protocol = session.resp
+                    null = _RESP3_NULL if protocol == 3 else _RESP2_NULL
+                if index & 15 == 15:
+                    keyspace.now = keyspace.clock()
+                    size += sum(map(len, out[counted:]))
+                    counted = len(out)
+                    if size > OUTPUT_SLICE:
+                        rest = commands[index + 1 :]
+                        if rest:
+                            session.pending.extend(rest)
+                            session.wake()
+                        return
+        finally:
+            if ran:
+                self._account(session, ran, perf_counter_ns() - started)
+
+    def _account(self, session: Session, ran: list[str], elapsed: int) -> None:
+        """Count the quick commands of a batch: calls, and an equal share of the batch's time.
+
+        Timing each command would cost as much as running it; INFO commandstats only needs the
+        totals to be right on average.
+        """
+        self.commands_processed += len(ran)
+        share = elapsed // len(ran)
+        command_stats = self.command_stats
+        for name in ran:
+            stats = command_stats[name]
+            stats[0] += 1
+            stats[1] += share
+        session.last_seen = self.keyspace.now
+        session.last_command = ran[-1]
+
+    def is_plain(self, session: Session) -> bool:
+        """Whether ``session`` is in the state where :meth:`execute`'s checks all pass for a
+        quick command: the condition of :meth:`feed`'s fast path."""
+        return (
+            session.authenticated
+            and session.multi is None
+            and session.reply_mode == REPLY_ON
+            and not (session.resp == 2 and (session.channels or session.patterns))
+            and self.backing is None
+            and not self.min_replicas
+            and self.busy is None
+        )
 
     def resume(self, session: Session) -> None:
         """Run the commands that waited (behind a blocked one, or behind big replies)."""
@@ -280,6 +490,9 @@ class Sidecar:
                 spec,
             )
             return
+        if self.busy is not None and not spec.allow_busy:
+            self._reject_busy(session, spec, self.busy)
+            return
         if session.multi is not None and not spec.transaction_control:
             session.multi.append((spec, argv))
             session.out.append(b"+QUEUED\r\n")
@@ -353,6 +566,21 @@ class Sidecar:
         if session.reply_mode == REPLY_ON or self._silenced(session):
             session.out.append(encode(error, session.resp))
 
+    def _reject_busy(self, session: Session, spec: CommandSpec, error: ErrorReply) -> None:
+        """Refuse a command while a script runs long; an EXEC aborts its transaction, as
+        Redis's ``execCommandAbort`` does."""
+        if spec.name == "exec" and session.multi is not None:
+            self._reject(
+                session,
+                ErrorReply(f"EXECABORT Transaction discarded because of: {error.message}"),
+                spec,
+            )
+            session.multi = None
+            session.multi_failed = False
+            self.unwatch(session)
+            return
+        self._reject(session, error, spec)
+
     @staticmethod
     def _silenced(session: Session) -> bool:
         """Apply CLIENT REPLY OFF/SKIP to one reply; ``True`` if it must be sent after all."""
@@ -381,16 +609,8 @@ class Sidecar:
                 if spec.write:
                     self.dirty += 1
                 return reply
-        except CommandError as exc:
-            reply = ErrorReply(str(exc))
-        except StrataError as exc:
-            reply = ErrorReply(f"ERR {exc}")
-        except RecursionError:
-            reply = ErrorReply("ERR the command nests too deeply")
-        except Exception:
-            # A bug in one command must not take the server (and every other client) down.
-            logger.exception("command %r failed", spec.name)
-            reply = ErrorReply(f"ERR internal error while running '{spec.name}'")
+        except Exception as exc:  # translated to one error reply
+            reply = self._error_reply(spec, exc)
         stats = self.command_stats[spec.name]
         stats[0] += 1
         stats[1] += perf_counter_ns() - started
@@ -404,6 +624,19 @@ class Sidecar:
         if isinstance(reply, Block) and (session.in_exec or session.in_script):
             return reply.on_timeout
         return reply
+
+    @staticmethod
+    def _error_reply(spec: CommandSpec, exc: Exception) -> ErrorReply:
+        """The error reply for an exception a handler raised."""
+        if isinstance(exc, CommandError):
+            return ErrorReply(str(exc))
+        if isinstance(exc, StrataError):
+            return ErrorReply(f"ERR {exc}")
+        if isinstance(exc, RecursionError):
+            return ErrorReply("ERR the command nests too deeply")
+        # A bug in one command must not take the server (and every other client) down.
+        logger.exception("command %r failed", spec.name, exc_info=exc)
+        return ErrorReply(f"ERR internal error while running '{spec.name}'")
 
     def count_error(self, message: str) -> None:
         """Count an error reply by its code (INFO errorstats)."""

@@ -96,6 +96,8 @@ class CommandSpec:
     subscribed_ok: bool = False
     write: bool = False
     noscript: bool = False
+    allow_busy: bool = False
+    """Served while a script runs past ``lua-time-limit`` (others get ``BUSY``)."""
     min_args: int = 0
     """Fewest argv items the arity allows (the dispatcher's fast path checks this range)."""
     max_args: int = 0
@@ -168,6 +170,7 @@ def command(
         subscribed_ok=bool(value & Flag.SUBSCRIBED_OK),
         write=bool(value & Flag.WRITE),
         noscript=bool(value & Flag.NOSCRIPT),
+        allow_busy=bool(value & Flag.ALLOW_BUSY),
         min_args=arity if arity > 0 else -arity,
         max_args=0 if subs else (arity if arity > 0 else 1 << 31),
     )

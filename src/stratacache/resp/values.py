@@ -355,12 +355,13 @@ class ListValue:
 
     def push(self, values: Iterable[bytes], *, left: bool) -> None:
         """Push ``values`` one by one at the head (``left``) or the tail."""
-        values = list(values)
+        if type(values) is not list:
+            values = list(values)
         if left:
             self.items.extendleft(values)
         else:
             self.items.extend(values)
-        self.size += sum(len(value) + _ITEM for value in values)
+        self.size += sum(map(len, values)) + _ITEM * len(values)
 
     def pop(self, *, left: bool) -> bytes:
         """Remove and return the head (``left``) or the tail element."""
@@ -539,6 +540,8 @@ def weigh(key: object, value: object) -> int:
     It also records the weight on a container, so the keyspace knows when a container has
     grown or shrunk enough since the store last weighed it to be worth re-weighing.
     """
+    if type(value) is bytes and type(key) is bytes:  # every string SET: the cheapest test first
+        return len(key) + len(value) + KEY_OVERHEAD
     key_size = len(key) if isinstance(key, bytes | str) else 8
     if type(value) is bytes:
         return key_size + len(value) + KEY_OVERHEAD

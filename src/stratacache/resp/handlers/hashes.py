@@ -52,7 +52,8 @@ def hset(s: Session, argv: list[bytes]) -> object:
         if value.set(argv[index], argv[index + 1]):
             added += 1
     _store(s, argv[1], value, created)
-    s.db.notify("h", "hset", argv[1])
+    if s.db.keyspace.notify_flags:
+        s.db.notify("h", "hset", argv[1])
     return added
 
 

@@ -31,7 +31,8 @@ def _push(s: Session, argv: list[bytes], *, left: bool, only_existing: bool) -> 
     else:
         value.push(argv[2:], left=left)
         db.changed(key, value)
-    db.notify("l", "lpush" if left else "rpush", key)
+    if db.keyspace.notify_flags:
+        db.notify("l", "lpush" if left else "rpush", key)
     return len(value)
 
 

@@ -86,8 +86,11 @@ def script_flush(s: Session, argv: list[bytes]) -> object:
 
 
 def script_kill(s: Session, argv: list[bytes]) -> object:
-    """SCRIPT KILL: no script can be running while a command is served here."""
-    raise CommandError(_NOTBUSY)
+    """SCRIPT KILL: stop the EVAL script that keeps the server busy (if it has not written)."""
+    engine = s.sidecar.scripts
+    if engine is None:
+        raise CommandError(_NOTBUSY)
+    return engine.kill(is_eval=True)
 
 
 def script_help(s: Session, argv: list[bytes]) -> object:
@@ -196,8 +199,11 @@ def function_stats(s: Session, argv: list[bytes]) -> object:
 
 
 def function_kill(s: Session, argv: list[bytes]) -> object:
-    """FUNCTION KILL."""
-    raise CommandError(_NOTBUSY)
+    """FUNCTION KILL: stop the function that keeps the server busy (if it has not written)."""
+    engine = s.sidecar.scripts
+    if engine is None:
+        raise CommandError(_NOTBUSY)
+    return engine.kill(is_eval=False)
 
 
 def function_dump(s: Session, argv: list[bytes]) -> object:

@@ -177,8 +177,9 @@ def info(s: Session, argv: list[bytes]) -> object:
 
 
 def time_(s: Session, argv: list[bytes]) -> object:
-    """TIME: [unix seconds, microseconds]."""
-    now = s.sidecar.keyspace.now
+    """TIME: [unix seconds, microseconds], read now (a script's commands share one instant
+    for expiry, but TIME moves, as in Redis)."""
+    now = s.sidecar.keyspace.clock()
     seconds = int(now)
     return [str(seconds).encode(), str(int((now - seconds) * 1_000_000)).encode()]
 

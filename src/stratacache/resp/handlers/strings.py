@@ -292,19 +292,22 @@ def setrange(s: Session, argv: list[bytes]) -> object:
 
 def _incr(s: Session, key: bytes, amount: int) -> object:
     db = s.db
-    current = db.get_string(key)
+    current = db.store.get(key)
     if current is None:
         number = 0
-    else:
+    elif type(current) is bytes:
         parsed = parse_int(current)
         if parsed is None:
             raise CommandError(NOT_INTEGER)
         number = parsed
+    else:
+        raise CommandError(WRONGTYPE)
     result = number + amount
     if result > INT64_MAX or result < INT64_MIN:
         raise CommandError("ERR increment or decrement would overflow")
     db.set(key, b"%d" % result, keep_ttl=current is not None)
-    db.notify("$", "incrby", key)
+    if db.keyspace.notify_flags:
+        db.notify("$", "incrby", key)
     return result
 
 
