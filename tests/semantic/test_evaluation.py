@@ -6,6 +6,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stratacache.errors import ConfigError
 from stratacache.semantic import (
@@ -100,3 +102,30 @@ async def test_an_empty_text_is_never_served() -> None:
     assert outcome.score == -math.inf
     assert summarize([outcome], -1.0).served_when_same == 0.0
     assert labelled([outcome])[0].vetoed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=40),
+            st.builds(
+                json.dumps,
+                st.dictionaries(
+                    st.sampled_from(["a", "b", "same", "same_answer", "category", "x"]),
+                    st.one_of(st.text(max_size=8), st.integers(-2, 3), st.booleans(), st.none()),
+                ),
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_read_pairs_fuzz_returns_pairs_or_a_config_error(lines: list[str]) -> None:
+    try:
+        pairs = read_pairs(lines)
+    except ConfigError:
+        return
+    for pair in pairs:
+        assert isinstance(pair.a, str)
+        assert isinstance(pair.b, str)
+        assert isinstance(pair.same, bool)

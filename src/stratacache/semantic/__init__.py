@@ -3,7 +3,8 @@
 The pieces, each behind a protocol in :mod:`stratacache.semantic.base`: an embedder (a packaged
 local model, or any OpenAI-compatible server) behind an embedding cache, a vector index searched
 only inside one context partition, guards that veto matches whose numbers, polarity, names or
-scope differ, and :class:`SemanticCache` tying them together with a calibrated threshold.
+scope differ, a fitted :class:`Verifier` that has the last word on what survives them, and
+:class:`SemanticCache` tying them together with a calibrated threshold.
 
 Importing this package is cheap: numpy, sentence-transformers and usearch load on first use.
 """
@@ -48,6 +49,7 @@ from stratacache.semantic.guards import (
     first_veto,
 )
 from stratacache.semantic.index import ExactIndex, USearchIndex, default_index, vector_file_for
+from stratacache.semantic.verifier import Verifier, packaged_verifier
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -76,6 +78,7 @@ __all__ = [
     "TextPair",
     "USearchIndex",
     "VectorIndex",
+    "Verifier",
     "calibrate",
     "default_guards",
     "default_index",
@@ -83,6 +86,7 @@ __all__ = [
     "labelled",
     "normalize",
     "packaged_model_path",
+    "packaged_verifier",
     "read_pairs",
     "score_pairs",
     "summarize",

@@ -6,8 +6,11 @@ hold records: the caller (``LLMCache``) looks the returned key up in its tiers, 
 exact hit, so verification, expiry and invalidation of the record itself stay in one place.
 
 A lookup is: embed (through the :class:`~stratacache.semantic.embedders.EmbeddingCache`), search the
-partition for the best few candidates, and take the best one whose score is at least the threshold
-and which no guard vetoes. Vetoes are counted per guard in :meth:`SemanticCache.stats`.
+partition for the best few candidates, and take the best one whose score is at least the threshold,
+which no guard vetoes and, when a :class:`~stratacache.semantic.verifier.Verifier` is in use, which
+the verifier accepts. The packaged verifier is used by default with the packaged embedding model;
+its cosine floor then replaces :data:`DEFAULT_THRESHOLD`. Vetoes are counted per guard (and as
+``verifier`` for the verifier's rejections) in :meth:`SemanticCache.stats`.
 
 :func:`calibrate` picks the threshold from labelled pairs: the lowest one (most hits) whose
 precision meets a target, optionally under a wrong-answer budget as well.
@@ -22,11 +25,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from stratacache.errors import ConfigError
-from stratacache.semantic.base import Embedder, Guard, GuardVerdict, VectorIndex
+from stratacache.semantic.base import Embedder, Guard, GuardVerdict, Match, VectorIndex
 from stratacache.semantic.embedders import EmbeddingCache
 from stratacache.semantic.guards import default_guards, first_veto
+from stratacache.semantic.verifier import Verifier, packaged_verifier
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Vectors = npt.NDArray[np.float32]
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -40,10 +51,11 @@ __all__ = [
 ]
 
 DEFAULT_THRESHOLD = 0.95
-"""The cosine threshold for the packaged MiniLM with the default guards.
+"""The cosine threshold for the default guards without a verifier.
 
-``bench/semantic.py`` calibrates 0.957 on QQP pairs for at most 1 % wrong answers among pairs
-that must not match (0.5 % on held-out pairs, 13 % of true duplicates served). It is deliberately
+``bench/semantic.py`` calibrates 0.952 on QQP validation pairs for at most 1 % wrong answers
+among pairs that must not match (1.0 % on held-out pairs, 18 % of true duplicates served; the
+packaged verifier at its floor of 0.85 serves 19 % there at 1.0 % wrong). It is deliberately
 safe: on traffic with fewer near-miss questions, :func:`calibrate` on your own labelled pairs will
 usually allow a lower one (at 0.8 the guards still served none of the adversarial traps, but 10 %
 of QQP's different-question pairs).
@@ -76,11 +88,15 @@ class Candidate:
     """Whether the score reaches the threshold."""
     veto: GuardVerdict | None
     """The first guard that vetoed it, if any (guards run even below the threshold here)."""
+    probability: float | None = None
+    """The verifier's probability that the answer serves the query (``None``: no verifier)."""
+    verified: bool = True
+    """Whether the verifier accepts it (always ``True`` without a verifier)."""
 
     @property
     def served(self) -> bool:
         """Whether this candidate would be served."""
-        return self.above_threshold and self.veto is None
+        return self.above_threshold and self.veto is None and self.verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +112,8 @@ class SemanticStats:
     vetoed: int
     """Lookups that had a candidate above the threshold but every one was vetoed."""
     vetoes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    """Vetoes per guard name (one lookup can veto several candidates)."""
+    """Vetoes per guard name, and ``verifier`` for the verifier's rejections (one lookup can veto
+    several candidates)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +204,13 @@ class SemanticCache:
     :param index: where vectors live; its dimension must be the embedder's.
     :param guards: the vetoes to apply (default :func:`~stratacache.semantic.guards.default_guards`;
         pass ``[]`` for none).
-    :param threshold: the cosine similarity a candidate needs, in [-1, 1].
+    :param threshold: the cosine similarity a candidate needs, in [-1, 1]; ``None`` (the default):
+        the verifier's floor when a verifier is in use, else :data:`DEFAULT_THRESHOLD`.
     :param clock: wall-clock Unix seconds (default ``time.time``), for entries added already expired.
     :param candidates: how many nearest entries to check against the guards per lookup.
+    :param verifier: ``True`` (default): the packaged verifier when its weights are installed and
+        were fitted on the embedder's model, else none; ``False``: none; or a
+        :class:`~stratacache.semantic.verifier.Verifier` (its model must be the embedder's).
     """
 
     def __init__(
@@ -197,20 +218,24 @@ class SemanticCache:
         embedder: Embedder | EmbeddingCache,
         index: VectorIndex,
         guards: Sequence[Guard] | None = None,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         clock: Callable[[], float] = time.time,
         *,
         candidates: int = 4,
+        verifier: Verifier | bool = True,
     ) -> None:
+        self._embeddings = (
+            embedder if isinstance(embedder, EmbeddingCache) else EmbeddingCache(embedder)
+        )
+        self._verifier = _choose_verifier(verifier, self._embeddings)
+        if threshold is None:
+            threshold = DEFAULT_THRESHOLD if self._verifier is None else self._verifier.floor
         if isinstance(threshold, bool) or not isinstance(threshold, int | float):
             raise ConfigError(f"threshold must be a number, not {threshold!r}")
         if not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be a cosine similarity in [-1, 1], not {threshold}")
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
             raise ConfigError(f"candidates must be a positive int, not {candidates!r}")
-        self._embeddings = (
-            embedder if isinstance(embedder, EmbeddingCache) else EmbeddingCache(embedder)
-        )
         self._index = index
         self._guards: tuple[Guard, ...] = tuple(default_guards() if guards is None else guards)
         for guard in self._guards:
@@ -227,6 +252,11 @@ class SemanticCache:
     def threshold(self) -> float:
         """The cosine similarity a candidate needs."""
         return self._threshold
+
+    @property
+    def verifier(self) -> Verifier | None:
+        """The verifier consulted after the guards, if any."""
+        return self._verifier
 
     @property
     def guards(self) -> tuple[Guard, ...]:
@@ -259,15 +289,27 @@ class SemanticCache:
         vector = (await self._embeddings.embed([text]))[0]
         matches = self._index.search(partition, vector, self._candidates)
         vetoes: list[str] = []
-        hit: SemanticHit | None = None
+        passed: list[Match] = []
         for match in matches:
             if match.score < self._threshold:
                 break
             verdict = first_veto(self._guards, text, match.text)
             if verdict is None:
-                hit = SemanticHit(match.id, match.score, match.text)
-                break
-            vetoes.append(verdict.guard)
+                passed.append(match)
+                if self._verifier is None:
+                    break
+            else:
+                vetoes.append(verdict.guard)
+        hit: SemanticHit | None = None
+        if passed:
+            # Guards veto first (they are cheap and catch what embeddings are blind to); the
+            # verifier then sees only the survivors, best score first.
+            accepted = await self._verify(text, vector, passed)
+            for match, ok in zip(passed, accepted, strict=True):
+                if ok:
+                    hit = SemanticHit(match.id, match.score, match.text)
+                    break
+                vetoes.append("verifier")
         with self._lock:
             self._vetoes.update(vetoes)
             if hit is not None:
@@ -289,6 +331,9 @@ class SemanticCache:
             return []
         vector = (await self._embeddings.embed([text]))[0]
         found = self._index.search(partition, vector, k or self._candidates)
+        probabilities: list[float | None] = [None] * len(found)
+        if self._verifier is not None:
+            probabilities = await self._probabilities(self._verifier, text, vector, found)
         return [
             Candidate(
                 m.id,
@@ -296,9 +341,37 @@ class SemanticCache:
                 m.text,
                 m.score >= self._threshold,
                 first_veto(self._guards, text, m.text),
+                p,
+                self._verifier is None or (p is not None and p >= self._verifier.threshold),
             )
-            for m in found
+            for m, p in zip(found, probabilities, strict=True)
         ]
+
+    async def _probabilities(
+        self, verifier: Verifier, text: str, vector: Vectors, matches: Sequence[Match]
+    ) -> list[float | None]:
+        import numpy as np
+
+        # A match without its text (a backend that does not keep it) cannot be verified.
+        rows = [i for i, m in enumerate(matches) if m.text.strip()]
+        out: list[float | None] = [None] * len(matches)
+        if not rows:
+            return out
+        texts = [matches[i].text for i in rows]
+        # The stored texts were embedded when added, so this is normally an embedding-cache hit.
+        others = await self._embeddings.embed(texts)
+        queries = np.repeat(vector[None, :], len(rows), axis=0)
+        found = verifier.probabilities([text] * len(rows), texts, queries, others)
+        for i, p in zip(rows, found, strict=True):
+            out[i] = float(p)
+        return out
+
+    async def _verify(self, text: str, vector: Vectors, matches: Sequence[Match]) -> list[bool]:
+        if self._verifier is None:
+            return [True] * len(matches)
+        threshold = self._verifier.threshold
+        found = await self._probabilities(self._verifier, text, vector, matches)
+        return [p is not None and p >= threshold for p in found]
 
     async def add(
         self, partition: str, text: str, record_key: str, expires_at: float | None = None
@@ -349,6 +422,20 @@ class SemanticCache:
                 self._vetoed,
                 MappingProxyType(dict(self._vetoes)),
             )
+
+
+def _choose_verifier(choice: Verifier | bool, embeddings: EmbeddingCache) -> Verifier | None:
+    if choice is False:
+        return None
+    if choice is True:
+        # Only the model's name is compared here: asking a local model its dimension loads it,
+        # and constructing the cache must stay cheap (the verifier checks it on first use).
+        return packaged_verifier(embeddings.model)
+    if not isinstance(choice, Verifier):
+        raise ConfigError(f"verifier must be a Verifier, True or False, not {choice!r}")
+    if choice.model != embeddings.model:
+        raise ConfigError(f"the verifier was fitted on {choice.model}, not on {embeddings.model}")
+    return choice
 
 
 def _check_partition(partition: object) -> None:

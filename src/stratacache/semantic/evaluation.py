@@ -2,17 +2,18 @@
 
 A pair file holds one JSON object per line: ``{"a": ..., "b": ..., "same": 0|1}`` (``same_answer``
 is accepted for ``same``) and an optional ``category``. For each pair, ``a`` is added to an empty
-partition of its own and ``b`` is looked up there, so the score and the guard verdict are exactly
-what a live lookup would see. :func:`summarize` turns the outcomes into the figures the issue asks
-for (served-when-same, wrong-when-different, precision, per category), and
-:func:`stratacache.semantic.calibrate` takes :func:`labelled` outcomes to choose a threshold.
+partition of its own and ``b`` is looked up there, so the score, the guard verdict, the verifier's
+probability and the decision are exactly what a live lookup would see. :func:`summarize` turns the
+outcomes into the figures the issue asks for (served-when-same, wrong-when-different, precision,
+per category), and :func:`stratacache.semantic.calibrate` takes :func:`labelled` outcomes to choose
+a cosine threshold, or (with ``floor=``) a verifier threshold.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from stratacache.errors import ConfigError
@@ -54,6 +55,10 @@ class PairOutcome:
     """Cosine similarity of ``a`` and ``b`` (``-inf`` when ``b`` is empty and never looked up)."""
     veto: GuardVerdict | None
     """The first guard that vetoes serving ``a``'s answer for ``b``."""
+    probability: float | None = None
+    """The verifier's probability (``None``: the cache has no verifier, or ``b`` is empty)."""
+    served: bool = False
+    """Whether the cache, as configured, served ``a``'s answer for ``b``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +122,31 @@ async def score_pairs(
         finally:
             cache.delete_partition(partition)
         if found:
-            out.append(PairOutcome(pair, found[0].score, found[0].veto))
+            best = found[0]
+            out.append(PairOutcome(pair, best.score, best.veto, best.probability, best.served))
         else:  # an empty text is never indexed nor served
             out.append(PairOutcome(pair, -math.inf, None))
     return out
 
 
-def labelled(outcomes: Iterable[PairOutcome], *, guarded: bool = True) -> list[LabelledPair]:
-    """Outcomes as :func:`~stratacache.semantic.calibrate` input (vetoes ignored if not ``guarded``)."""
+def labelled(
+    outcomes: Iterable[PairOutcome], *, guarded: bool = True, floor: float | None = None
+) -> list[LabelledPair]:
+    """Outcomes as :func:`~stratacache.semantic.calibrate` input (vetoes ignored if not ``guarded``).
+
+    With ``floor``, the verifier is calibrated instead of the cosine threshold: each pair is scored
+    by its verifier probability, and a pair under the cosine ``floor`` (or without a probability)
+    counts as never served.
+    """
+    if floor is not None:
+        return [
+            LabelledPair(
+                o.probability if o.probability is not None else -1.0,
+                o.pair.same,
+                (guarded and o.veto is not None) or o.probability is None or o.score < floor,
+            )
+            for o in outcomes
+        ]
     return [
         LabelledPair(
             o.score if math.isfinite(o.score) else -1.0,
@@ -136,14 +158,32 @@ def labelled(outcomes: Iterable[PairOutcome], *, guarded: bool = True) -> list[L
 
 
 def summarize(
-    outcomes: Sequence[PairOutcome], threshold: float, *, guarded: bool = True
+    outcomes: Sequence[PairOutcome],
+    threshold: float | None = None,
+    *,
+    guarded: bool = True,
+    verifier_threshold: float | None = None,
 ) -> PairSummary:
-    """The figures for serving at ``threshold`` (with the guards' vetoes when ``guarded``)."""
-    summary = _figures(outcomes, threshold, guarded)
+    """The figures of a decision rule over ``outcomes``.
+
+    With ``threshold=None``, the rule is the cache's own decision (:attr:`PairOutcome.served`).
+    Otherwise a pair is served when its cosine score reaches ``threshold``, no guard vetoes it
+    (when ``guarded``) and, with ``verifier_threshold``, its verifier probability reaches that.
+    """
+
+    def served(o: PairOutcome) -> bool:
+        if threshold is None:
+            return o.served
+        if o.score < threshold or (guarded and o.veto is not None):
+            return False
+        return verifier_threshold is None or (
+            o.probability is not None and o.probability >= verifier_threshold
+        )
+
+    summary = _figures(outcomes, served)
     names = sorted({o.pair.category for o in outcomes if o.pair.category})
     categories = tuple(
-        (name, _figures([o for o in outcomes if o.pair.category == name], threshold, guarded))
-        for name in names
+        (name, _figures([o for o in outcomes if o.pair.category == name], served)) for name in names
     )
     return PairSummary(
         summary.pairs,
@@ -154,10 +194,7 @@ def summarize(
     )
 
 
-def _figures(outcomes: Sequence[PairOutcome], threshold: float, guarded: bool) -> PairSummary:
-    def served(o: PairOutcome) -> bool:
-        return o.score >= threshold and not (guarded and o.veto is not None)
-
+def _figures(outcomes: Sequence[PairOutcome], served: Callable[[PairOutcome], bool]) -> PairSummary:
     same = [o for o in outcomes if o.pair.same]
     different = [o for o in outcomes if not o.pair.same]
     right = sum(served(o) for o in same)

@@ -44,8 +44,10 @@ __all__ = [
     "PolarityGuard",
     "ScopeGuard",
     "SubstitutionGuard",
+    "content_words",
     "default_guards",
     "first_veto",
+    "lower_words",
 ]
 
 # A number keeps its decimal point and thousands separators ("4.12", "1,500"): split at them,
@@ -102,7 +104,8 @@ def _verdict(name: str, what: str, a: Iterable[str], b: Iterable[str]) -> GuardV
 
 # --- numbers, amounts, dates, identifiers ---------------------------------------------------------
 
-# "one" is left out: "one should", "which one" use it as a pronoun far more often than a count.
+# "one" is left out: "one should", "which one" use it as a pronoun far more often than a count, and
+# "once" for the same reason ("once she becomes president"); "twice" still marks a count.
 _NUMBER_WORDS = {
     "zero": "0", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
     "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
@@ -110,7 +113,7 @@ _NUMBER_WORDS = {
     "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40",
     "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
     "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
-    "dozen": "12", "half": "0.5", "twice": "2x", "once": "1x", "thrice": "3x",
+    "dozen": "12", "half": "0.5", "twice": "2x", "thrice": "3x",
     "teens": "10s", "twenties": "20s", "thirties": "30s", "forties": "40s", "fifties": "50s",
     "sixties": "60s", "seventies": "70s", "eighties": "80s", "nineties": "90s",
 }  # fmt: skip
@@ -152,7 +155,12 @@ def _numeric_signature(text: str) -> Counter[str]:
                 items["unit:" + unit] += 1
         elif word in _NUMBER_WORDS:
             items[_NUMBER_WORDS[word]] += 1
-        elif word in _AM_PM:
+        elif (
+            word in _AM_PM
+            and i > 0
+            and (_NUMBER.fullmatch(words[i - 1]) or words[i - 1] in _NUMBER_WORDS)
+        ):
+            # Only after a number: "7 am" is a time, "why am I" is not.
             items["unit:" + word.replace(".", "")] += 1
         elif word in _DATE_WORDS:
             items["date:" + word] += 1
@@ -551,3 +559,13 @@ def first_veto(guards: Sequence[Guard], query: str, candidate: str) -> GuardVerd
         if verdict is not None:
             return verdict
     return None
+
+
+def lower_words(text: str) -> tuple[str, ...]:
+    """The lowercased words of ``text`` as the guards see them (contractions split: ``n't``)."""
+    return _lower_words(text)
+
+
+def content_words(text: str) -> list[str]:
+    """The stemmed content words of ``text``, function words dropped, spelled numbers as digits."""
+    return _content(text)
