@@ -5,11 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed-dev
-EXTRAS := dev,proxy,redis,resp,kv,semantic
+EXTRAS := dev,proxy,redis,resp,kv,semantic,postgres,prefix,langchain
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: help venv test lint typecheck unit serve bench fmt clean system-deps
+.PHONY: help venv test lint typecheck unit serve bench fmt clean system-deps browser-deps
 
 help:
 	@echo "make serve   run the caching proxy on $(HOST):$(PORT) (embedded store, no Redis, no key)"
@@ -35,6 +35,13 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	}
 
+# Debian's chromium for the dashboard's browser test (tests/proxy/test_dashboard.py skips without it).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (Debian package) for the dashboard's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	}
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -42,7 +49,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) system-deps
+unit: $(STAMP) system-deps browser-deps
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit

@@ -12,7 +12,10 @@ import click
 
 from stratacache import __version__
 from stratacache.kv.cli import kv_demo_command
+from stratacache.prefix.cli import lint_command
 from stratacache.resp.cli import resp_command
+from stratacache.semantic.cli import calibrate_command, eval_pairs_command
+from stratacache.warm_cli import warm_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +61,17 @@ def cli() -> None:
     default=None,
     help="Tiers, fastest first: memory,sqlite | memory,redis | memory,sqlite,redis.",
 )
+@click.option(
+    "--semantic/--no-semantic",
+    default=None,
+    help="Answer paraphrases too.  [default: on when the 'semantic' extra is installed]",
+)
+@click.option(
+    "--semantic-shadow",
+    is_flag=True,
+    default=None,
+    help="Only observe would-be semantic hits (see /stats for a recommended threshold).",
+)
 @click.option("--log-level", default=None, help="critical, error, warning, info or debug.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as JSON and exit.")
 def serve(
@@ -70,6 +84,8 @@ def serve(
     admin_token: str | None,
     redis_url: str | None,
     chain: str | None,
+    semantic: bool | None,
+    semantic_shadow: bool | None,
     log_level: str | None,
     print_config: bool,
 ) -> None:
@@ -89,6 +105,8 @@ def serve(
         "admin_token": admin_token,
         "redis_url": redis_url,
         "chain": chain,
+        "semantic": semantic,
+        "semantic_shadow": semantic_shadow,
         "log_level": log_level,
     }
     try:
@@ -111,12 +129,7 @@ def _settings_json(settings: Any) -> str:
     values["admin_token"] = "<set>" if settings.admin_token else None
     values["redis_url"] = settings.redis_url and redact_url(settings.redis_url)
     values["routes"] = {
-        str(route.value): {
-            "mode": policy.mode.value,
-            "ttl": policy.ttl,
-            "stale_while_revalidate": policy.stale_while_revalidate,
-            "stale_if_error": policy.stale_if_error,
-        }
+        str(route.value): {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
         for route, policy in settings.routes.items()
     }
     values["pricing"] = {model: dataclasses.asdict(p) for model, p in settings.pricing.items()}
@@ -136,9 +149,11 @@ def _serve(settings: Any) -> None:  # pragma: no cover - exercised in a subproce
         app = create_app(settings)
     except StrataError as exc:
         raise click.ClickException(str(exc)) from None
+    layer = app.state.proxy.cache.semantic
+    semantic = "off" if layer is None else "shadow" if layer.shadow else "on"
     click.echo(
         f"strata: caching {settings.upstream} on http://{settings.host}:{settings.port}/v1 "
-        f"(data in {settings.data_dir})",
+        f"(data in {settings.data_dir}; semantic caching {semantic})",
         err=True,
     )
     uvicorn.run(
@@ -198,7 +213,11 @@ def demo(
 
 # The other faces' commands live beside their code; importing them loads no heavy dependency.
 cli.add_command(kv_demo_command)
+cli.add_command(lint_command, name="lint")
 cli.add_command(resp_command, name="resp")
+cli.add_command(eval_pairs_command, name="eval-pairs")
+cli.add_command(calibrate_command, name="calibrate")
+cli.add_command(warm_command, name="warm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
