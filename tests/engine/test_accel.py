@@ -37,6 +37,7 @@ def test_the_constants_agree_with_the_reference() -> None:
     assert _accel.TRANSFER_LIMIT == policy_module._TRANSFER_LIMIT
     assert _accel.HASHDOS_THRESHOLD == policy_module._HASHDOS_THRESHOLD
     assert _accel.GROW_REACH == policy_module._GROW_REACH
+    assert (_accel.REFUSED_FLOOR_NUM, _accel.REFUSED_FLOOR_DEN) == policy_module._REFUSED_FLOOR
 
 
 @given(

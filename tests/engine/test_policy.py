@@ -196,6 +196,26 @@ def test_the_window_stays_small_on_a_frequency_skewed_workload() -> None:
     assert store.policy.window_limit <= SIZE // 5
 
 
+def test_a_small_window_remembers_few_refused_keys() -> None:
+    # White box, on the reference policy (test_accel holds the compiled one to the same decisions):
+    # a refused key only counts for growth within the grow reach, so with a small window the list
+    # of refused keys is cut to two thirds of its share instead of keeping stale growth votes.
+    store = Store(max_entries=1000, rng=random.Random(0), accelerate=False)
+    policy: Any = store._policy
+    for key in range(1000):
+        store.set(key, key)
+    for key in range(1000):
+        assert store.get(key) == key  # every resident key now outweighs a newcomer
+    for key in range(1000, 1500):
+        store.set(key, key)  # each is refused when it leaves the window
+    assert policy.window_limit == 10
+    share = policy._ghost_limit()
+    assert share == 120
+    assert len(policy._ghost_rejected) == share * 2 // 3
+    assert 1489 in policy._ghost_rejected  # the newest refused; the last ten are in the window
+    assert 1408 not in policy._ghost_rejected
+
+
 def test_the_window_follows_a_change_of_workload() -> None:
     store = Store(max_entries=SIZE, rng=random.Random(0))
     replay(store, recency_trace(20_000, gap=100, repeats=3, seed=0))

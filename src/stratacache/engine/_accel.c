@@ -43,6 +43,8 @@
 #define GROW_STEP 1.0
 #define SHRINK_STEP 1.5
 #define GROW_REACH 2
+#define REFUSED_FLOOR_NUM 2 /* policy.py's _REFUSED_FLOOR, as a fraction */
+#define REFUSED_FLOOR_DEN 3
 #define PROTECTED_SHARE 0.80
 #define TRANSFER_LIMIT 1000
 #define HASHDOS_THRESHOLD 6
@@ -918,7 +920,17 @@ evict_entry(PolicyObject *self, EntryObject *e, int rejected, PyObject *removed)
     Py_DECREF(stamp);
     if (status < 0)
         return -1;
-    if (PyDict_GET_SIZE(ghost) > ghost_limit(self)) {
+    long long limit = ghost_limit(self);
+    if (rejected) {
+        /* policy.py's _evict_entry: the refused list spans the grow reach, within bounds. */
+        long long reach = GROW_REACH * self->window_limit + 1;
+        long long floor = limit * REFUSED_FLOOR_NUM / REFUSED_FLOOR_DEN;
+        if (reach < limit)
+            limit = reach > floor ? reach : floor;
+        if (limit < 1)
+            limit = 1;
+    }
+    if (PyDict_GET_SIZE(ghost) > limit) {
         PyObject *args[2] = {ghost, Py_False};
         PyObject *item = PyObject_VectorcallMethod(
             str_popitem, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -2090,7 +2102,9 @@ PyInit__accel(void)
         PyModule_AddIntConstant(m, "EXACT_READS", EXACT_READS) < 0 ||
         PyModule_AddIntConstant(m, "TRANSFER_LIMIT", TRANSFER_LIMIT) < 0 ||
         PyModule_AddIntConstant(m, "HASHDOS_THRESHOLD", HASHDOS_THRESHOLD) < 0 ||
-        PyModule_AddIntConstant(m, "GROW_REACH", GROW_REACH) < 0) {
+        PyModule_AddIntConstant(m, "GROW_REACH", GROW_REACH) < 0 ||
+        PyModule_AddIntConstant(m, "REFUSED_FLOOR_NUM", REFUSED_FLOOR_NUM) < 0 ||
+        PyModule_AddIntConstant(m, "REFUSED_FLOOR_DEN", REFUSED_FLOOR_DEN) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -11,6 +11,8 @@ EXACT_READS: int
 TRANSFER_LIMIT: int
 HASHDOS_THRESHOLD: int
 GROW_REACH: int
+REFUSED_FLOOR_NUM: int
+REFUSED_FLOOR_DEN: int
 
 class Entry:
     @property
