@@ -26,6 +26,8 @@ from stratacache.tiers.base import Clock
 
 if TYPE_CHECKING:
     from stratacache.config import Settings
+    from stratacache.llm.semantic import SemanticLayer
+    from stratacache.tiers.chain import TierChain
 
 __all__ = ["build_cache", "signer_for"]
 
@@ -50,18 +52,23 @@ def build_cache(
     *,
     clock: Clock | None = None,
     observer: CacheObserver | None = None,
+    tiers: TierChain | None = None,
+    semantic: SemanticLayer | None = None,
 ) -> LLMCache:
     """The :class:`LLMCache` ``strata serve`` would build from ``settings``, over ``upstream``.
 
-    Creates ``settings.data_dir`` and the signing key if they are missing. The caller owns the
-    result: ``await cache.aclose()`` then ``await cache.tiers.close()`` when done.
+    Creates ``settings.data_dir`` and the signing key if they are missing. ``tiers`` defaults to
+    the chain ``settings`` describe; the proxy passes its own because its semantic layer (built on
+    the same tiers) must exist before the cache. The caller owns the result: ``await
+    cache.aclose()`` then ``await cache.tiers.close()`` when done.
     """
     from stratacache.tiers.factory import build_chain
 
     now = clock or time.time
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signer, key = signer_for(settings)
-    tiers = build_chain(settings, clock=now)
+    if tiers is None:
+        tiers = build_chain(settings, clock=now)
     return LLMCache(
         tiers,
         RecordCodec(signer),
@@ -74,4 +81,5 @@ def build_cache(
         clock=now,
         stream_usage=settings.stream_usage,
         rules=settings.cache_rules,
+        semantic=semantic,
     )

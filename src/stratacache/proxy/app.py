@@ -55,16 +55,9 @@ from stratacache.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from stratacache.llm.cache import LLMCache, LLMRequest, derive_tenant_secret, route_path
+from stratacache.llm.cache import LLMCache, LLMRequest, route_path
+from stratacache.llm.factory import build_cache
 from stratacache.llm.keys import Route
-from stratacache.llm.records import (
-    Ed25519Signer,
-    HmacSigner,
-    MLDSASigner,
-    RecordCodec,
-    Signer,
-    load_or_create_key,
-)
 from stratacache.llm.semantic import DeferredIndex, SemanticLayer, semantic_from_settings
 from stratacache.observability.metrics import Metrics
 from stratacache.observability.pricing import PriceTable
@@ -131,15 +124,6 @@ class Proxy:
         await self.tiers.close()
 
 
-def _signer(settings: Settings) -> tuple[Signer, bytes]:
-    key = load_or_create_key(settings.key_file)
-    if settings.signing == "hmac":
-        return HmacSigner(key), key
-    if settings.signing == "ed25519":
-        return Ed25519Signer(key), key
-    return MLDSASigner(key), key
-
-
 def build_proxy(
     settings: Settings,
     *,
@@ -161,7 +145,6 @@ def build_proxy(
 
     now = clock or time.time
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    signer, key = _signer(settings)
     tiers = build_chain(settings, clock=now)
     upstream = make_upstream(
         settings.upstream,
@@ -176,18 +159,12 @@ def build_proxy(
         semantic = semantic_from_settings(settings, tiers, clock=now, embedder=embedder)
     except StrataError as exc:
         raise ConfigError(f"semantic caching: {exc}") from None
-    cache = LLMCache(
-        tiers,
-        RecordCodec(signer),
+    cache = build_cache(
+        settings,
         upstream,
-        tenant_secret=derive_tenant_secret(key),
-        share_across_tenants=settings.share_across_tenants,
-        routes=settings.routes,
-        version=settings.key_version,
-        observer=metrics,
         clock=now,
-        stream_usage=settings.stream_usage,
-        rules=settings.cache_rules,
+        observer=metrics,
+        tiers=tiers,
         semantic=None if semantic is None else semantic[0],
     )
     if semantic is not None:
