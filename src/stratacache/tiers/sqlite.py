@@ -12,17 +12,24 @@ lazy expiry, another process), inside the same statement, so the three tables ne
 ``size`` counts the key, value, tags and namespace in bytes; the file itself is larger (pages,
 indexes), and SQLite reuses the pages of deleted rows rather than shrinking the file.
 
-Concurrency. The methods are coroutines but run their SQLite statements directly on the event loop
-instead of in a thread: every statement is a lookup or a write through an index on a local file
-(tens of microseconds, a few milliseconds for a 1 MiB value), less than a hop to a worker thread
-and back would cost, and a thread would need a lock around the connection anyway. No transaction is
-ever held across an ``await``, so tasks on one loop cannot interleave inside one, and two tiers in
-one thread cannot deadlock. Across processes, WAL mode lets readers run while one writer writes;
-writers queue on SQLite's lock for at most ``busy_timeout_s`` (blocking the loop for that long in
-the worst case), then fail with :class:`~stratacache.errors.TierUnavailableError` so a chain serves
-from elsewhere. Multi-statement writes start with ``BEGIN IMMEDIATE`` so they take the write lock
-up front: a deferred transaction that upgrades from reading to writing can fail with SQLITE_BUSY
-without waiting.
+Concurrency. Reads run their SQLite statements directly on the event loop: a lookup through the
+primary key on a local WAL file takes tens of microseconds, less than a hop to a thread and back,
+and WAL readers never wait for a writer. Writes do not: a write transaction costs about half a
+millisecond of commit work (more for a large value or an eviction) and may wait for another
+process's lock, and on the loop that time delays every other request. So every write goes to one
+dedicated writer thread that owns its own connection, through a FIFO queue; the caller awaits an
+asyncio future the thread resolves (``call_soon_threadsafe``) after the write has committed, so a
+:meth:`SQLiteTier.get` after ``await set(...)`` sees it. The thread drains everything queued into
+one ``BEGIN IMMEDIATE`` transaction and commits once (group commit: under load a burst of misses
+costs one commit, not one each); each write runs under its own ``SAVEPOINT``, so a write that
+fails is rolled back alone and fails only its own future. One thread and a FIFO queue keep the
+writes in the order of the calls. Reads keep the connection they started with, the writer thread
+its own, so no connection is ever shared between threads. Across processes, writers queue on
+SQLite's lock for at most ``busy_timeout_s`` (in the writer thread, not on the loop), then fail
+with :class:`~stratacache.errors.TierUnavailableError` so a chain serves from elsewhere.
+:meth:`SQLiteTier.close` flushes the queued writes, then stops and joins the thread; the thread is a
+daemon, so a tier never closed does not keep the process alive (its queued writes are then lost,
+as a crash would lose them). A write whose caller is cancelled still happens: it is already queued.
 
 Eviction. Expired rows are ignored by :meth:`SQLiteTier.get` and deleted as it meets them, purged
 every minute of clock time by the next write, and purged first when a write takes the total over
@@ -42,15 +49,21 @@ there.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import math
+import queue
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from stratacache.errors import ConfigError, TierError, TierUnavailableError
 from stratacache.tiers._checks import check_entry, check_key
@@ -69,6 +82,9 @@ SCHEMA_VERSION: Final = 1
 _ACCESS_RESOLUTION_S: Final = 60.0  # a hit refreshes accessed_at only when it is older than this
 _PURGE_INTERVAL_S: Final = 60.0  # a write purges expired rows when the last purge is this old
 _EVICT_BATCH: Final = 64  # least recently used rows fetched per step of an eviction
+# Writes committed together at most: bounds how long one group commit holds the file's write lock
+# (other processes wait on it) and how long the first write of a long burst waits for its commit.
+_MAX_GROUP: Final = 256
 
 _SCHEMA: Final = (
     """CREATE TABLE entries (
@@ -153,6 +169,208 @@ def _live(expires_at: float | None, now: float) -> bool:
     return expires_at is None or expires_at > now
 
 
+def _translate(path: Path, exc: sqlite3.Error) -> TierError:
+    """Map a ``sqlite3`` error to the stratacache error tree by SQLite's primary result code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in _UNAVAILABLE_CODES:
+        return TierUnavailableError(f"SQLite tier {path}: {exc} ({name})")
+    if primary in _CORRUPT_CODES:
+        return TierError(
+            f"SQLite tier {path} is corrupt or not a SQLite database: {exc} ({name}); "
+            "move the file away (the cache will start empty)"
+        )
+    return TierError(f"SQLite tier {path}: {exc} ({name})")
+
+
+# ----------------------------------------------------------------------------- the writer thread
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One queued write: the work to run on the writer's connection, and whom to tell."""
+
+    work: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop | None  # None: a caller without an event loop blocks on it
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Tells the writer thread to close its connection and end, after the writes queued before it.
+
+    ``future`` (on ``loop``) is resolved once the connection is closed; ``None`` when nobody waits
+    (the tier was garbage-collected without :meth:`SQLiteTier.close`).
+    """
+
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
+
+
+def _settle(
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+    result: object,
+    error: BaseException | None,
+) -> None:
+    if future.done():  # the caller was cancelled; the write happened all the same
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+def _tell(
+    loop: asyncio.AbstractEventLoop | None,
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+    result: object,
+    error: BaseException | None,
+) -> None:
+    """Resolve ``future`` on its own loop's thread (asyncio futures are not thread-safe)."""
+    if loop is None:  # a concurrent future, which is
+        _settle(future, result, error)
+        return
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+_Outcome = tuple[_Write, object, BaseException | None]
+
+
+def _settle_all(outcomes: list[_Outcome]) -> None:
+    for write, result, error in outcomes:
+        _settle(write.future, result, error)
+
+
+def _tell_all(outcomes: list[_Outcome]) -> None:
+    """Resolve a group's futures: one wake-up per event loop, not one per write."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        loop = outcome[0].loop
+        if loop is None:
+            _settle(outcome[0].future, outcome[1], outcome[2])
+        else:
+            by_loop.setdefault(loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _failure(path: Path, exc: BaseException) -> BaseException:
+    """The error a caller sees for ``exc``: sqlite3 errors translated, anything else as raised."""
+    if isinstance(exc, sqlite3.Error):
+        error = _translate(path, exc)
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def _commit_group(conn: sqlite3.Connection, group: list[_Write], path: Path) -> None:
+    """Run ``group`` in one transaction, each write under its own savepoint, and commit once.
+
+    A write that fails is rolled back to its savepoint and fails alone. If SQLite abandons the
+    whole transaction (disk full, I/O error), the writes before it were lost with it and fail with
+    the same error; the ones after it get a transaction of their own.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:  # the lock stayed taken past busy_timeout: nothing was written
+        _fail_all(group, _failure(path, exc))
+        return
+    outcomes: list[_Outcome] = []
+    for index, write in enumerate(group):
+        try:
+            conn.execute("SAVEPOINT write")
+            result = write.work(conn)
+            conn.execute("RELEASE write")
+        except Exception as exc:  # handed to its caller, whatever it is
+            error = _failure(path, exc)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                except sqlite3.Error:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+            if not conn.in_transaction:
+                lost = [(done, None, own or error) for done, _, own in outcomes]
+                _tell_all([*lost, (write, None, error)])
+                if index + 1 < len(group):
+                    _commit_group(conn, group[index + 1 :], path)
+                return
+            outcomes.append((write, None, error))
+            continue
+        outcomes.append((write, result, None))
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        error = _failure(path, exc)
+        _tell_all([(write, None, own or error) for write, _, own in outcomes])
+        return
+    _tell_all(outcomes)
+
+
+def _abandon(writes: queue.SimpleQueue[_Write | _Stop], conn: sqlite3.Connection) -> None:
+    """What a tier garbage-collected without ``close()`` does: stop its writer, close its reader."""
+    writes.put(_Stop())
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+
+
+def _fail_all(group: list[_Write], error: BaseException) -> None:
+    _tell_all([(write, None, error) for write in group])
+
+
+def _take(writes: queue.SimpleQueue[_Write | _Stop]) -> tuple[list[_Write], _Stop | None]:
+    """Wait for a write, then take everything queued behind it (up to the group's limit)."""
+    group: list[_Write] = []
+    item = writes.get()
+    while not isinstance(item, _Stop):
+        group.append(item)
+        if len(group) >= _MAX_GROUP:
+            return group, None
+        try:
+            item = writes.get_nowait()
+        except queue.Empty:
+            return group, None
+    return group, item
+
+
+def _run_writer(
+    conn: sqlite3.Connection, writes: queue.SimpleQueue[_Write | _Stop], path: Path
+) -> None:
+    """The writer thread: take whatever is queued, commit it as one group, until told to stop.
+
+    It holds no reference to the tier, so a tier dropped without ``close()`` can be collected
+    (its finalizer queues the stop).
+    """
+    while True:
+        # No reference to the last group (and through it to the tier) may stay here while the
+        # thread waits for the next one: hence a helper for the wait and the ``del`` below.
+        group, stop = _take(writes)
+        if group:
+            try:
+                _commit_group(conn, group, path)
+            except BaseException as exc:  # a bug here must not leave callers waiting forever
+                _fail_all(group, exc)
+                if not isinstance(exc, Exception):
+                    raise
+        del group  # the bindings would otherwise outlive the wait for the next group
+        if stop is not None:
+            error: BaseException | None = None
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                error = _failure(path, exc)
+            if stop.future is not None:
+                _tell(stop.loop, stop.future, None, error)
+            return
+
+
 class SQLiteTier:
     """A durable tier in one SQLite file (WAL mode), shared safely by several processes.
 
@@ -200,25 +418,55 @@ class SQLiteTier:
         """The database file."""
         self._max_bytes = max_bytes
         self._clock = clock
-        self._next_purge = -math.inf
+        self._next_purge = -math.inf  # read and written by the writer thread only
+        # The loop's connection, for reads; None once closed.
         self._conn: sqlite3.Connection | None = self._open(float(busy_timeout_s))
+        try:
+            writer = self._connect(float(busy_timeout_s))
+            try:
+                writer.execute("PRAGMA synchronous = NORMAL")  # per connection; see _prepare
+            except BaseException as exc:
+                writer.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._translate(exc) from exc
+                raise
+        except BaseException:
+            self._conn.close()
+            raise
+        # Guards the check for "closed" and the put together, so nothing is queued behind the stop.
+        self._submit = threading.Lock()
+        self._writes: queue.SimpleQueue[_Write | _Stop] | None = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=_run_writer,
+            args=(writer, self._writes, self.path),
+            name=f"stratacache-sqlite-writer {self.path.name}",
+            daemon=True,  # never keeps the process alive; close() is what flushes
+        )
+        self._writer.start()
+        # A tier dropped without close() still stops its thread, after the writes already queued,
+        # and closes the loop's connection.
+        self._finalizer = weakref.finalize(self, _abandon, self._writes, self._conn)
 
     # ------------------------------------------------------------------ opening
+
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: the sqlite3 module must not open transactions behind our back;
+            # the writer says BEGIN IMMEDIATE itself. check_same_thread=False: the event loop and
+            # the writer thread are not the thread that built the tier (each connection is still
+            # used by one thread only).
+            return sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
 
     def _open(self, busy_timeout_s: float) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TierError(f"cannot create the directory for {self.path}: {exc}") from exc
-        try:
-            # isolation_level=None: the sqlite3 module must not open transactions behind our back;
-            # each multi-statement write says BEGIN IMMEDIATE itself. check_same_thread=False: the
-            # event loop may run in a thread other than the one that built the tier.
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from exc
+        conn = self._connect(busy_timeout_s)
         try:
             self._prepare(conn)
         except BaseException as exc:
@@ -296,56 +544,89 @@ class SQLiteTier:
     async def get(self, key: str) -> TierEntry | None:
         """Return the live entry for ``key``, or ``None``; an expired row found is deleted."""
         check_key(key)
-        return self._autocommit(self._get, key, self._clock())
+        now = self._clock()
+        row = self._autocommit(self._read, key)
+        if row is None:
+            return None
+        value, expires_at, namespace, accessed_at, tags = row
+        if not _live(expires_at, now):
+            await self._write(self._delete_expired, key, now)
+            return None
+        if now - accessed_at >= _ACCESS_RESOLUTION_S:
+            await self._write(self._touch, key, now)
+        return TierEntry(
+            value=value,
+            expires_at=expires_at,
+            tags=frozenset(json.loads(tags)) if tags != "[]" else frozenset(),
+            namespace=namespace,
+        )
 
     async def set(self, key: str, entry: TierEntry) -> bool:
         """Store ``entry`` under ``key``, replacing any previous entry, tags and namespace included.
 
         Returns ``False``, leaving ``key`` absent, when the entry has already expired or is larger
-        than ``max_bytes`` on its own.
+        than ``max_bytes`` on its own. Returns once the write has committed.
         """
         check_key(key)
         check_entry(entry)
-        return self._transaction(self._set, key, entry, self._clock())
+        return await self._write(self._set, key, entry, self._clock())
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; ``True`` if a live entry was there."""
         check_key(key)
-        return self._autocommit(self._delete_where, "key = ?", key, self._clock()) > 0
+        return await self._write(self._delete_where, "key = ?", key, self._clock()) > 0
 
     async def delete_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag``, in every namespace; return how many were live."""
         check_key(tag)
         where = "key IN (SELECT key FROM tags WHERE tag = ?)"
-        return self._autocommit(self._delete_where, where, tag, self._clock())
+        return await self._write(self._delete_where, where, tag, self._clock())
 
     async def delete_namespace(self, namespace: str) -> int:
         """Remove every entry in ``namespace``; return how many were live."""
         check_key(namespace)
-        return self._autocommit(self._delete_where, "namespace = ?", namespace, self._clock())
+        return await self._write(self._delete_where, "namespace = ?", namespace, self._clock())
 
     async def clear(self) -> None:
         """Remove every entry."""
-        self._transaction(self._clear)
+        await self._write(self._clear)
 
     async def close(self) -> None:
-        """Close the database connection; later calls raise :class:`~stratacache.errors.TierError`.
+        """Commit the writes already queued, stop the writer thread and close both connections.
 
-        Closing twice is harmless. When the last connection to the file closes, SQLite checkpoints
-        the WAL into the main file.
+        Later calls raise :class:`~stratacache.errors.TierError`; closing twice is harmless. When
+        the last connection to the file closes, SQLite checkpoints the WAL into the main file.
         """
+        with self._submit:
+            writes, self._writes = self._writes, None
+        if writes is None:
+            return
+        self._finalizer.detach()
         conn, self._conn = self._conn, None
-        if conn is not None:
+        try:
             try:
-                conn.close()
-            except sqlite3.Error as exc:
-                raise self._translate(exc) from exc
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # driven without a loop, as in _write
+                waiter: concurrent.futures.Future[None] = concurrent.futures.Future()
+                writes.put(_Stop(None, waiter))
+                waiter.result()
+            else:
+                stopped: asyncio.Future[None] = loop.create_future()
+                writes.put(_Stop(loop, stopped))
+                await stopped  # the queued writes have committed (or failed); the thread is ending
+            self._writer.join()  # it has nothing left to do but return
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    raise self._translate(exc) from exc
 
     # ---------------------------------------------------------------- extras
 
     async def purge_expired(self) -> int:
         """Delete every expired row now and return how many; writes also do this every minute."""
-        return self._autocommit(self._purge, self._clock())
+        return await self._write(self._purge, self._clock())
 
     async def total_bytes(self) -> int:
         """The total size of the stored rows (expired ones not yet purged included)."""
@@ -353,10 +634,13 @@ class SQLiteTier:
 
     # -------------------------------------------------------------- internals
 
+    def _closed(self) -> TierError:
+        return TierError(f"the SQLite tier on {self.path} is closed")
+
     def _connection(self) -> sqlite3.Connection:
         conn = self._conn
         if conn is None:
-            raise TierError(f"the SQLite tier on {self.path} is closed")
+            raise self._closed()
         return conn
 
     def _autocommit(
@@ -365,68 +649,63 @@ class SQLiteTier:
         *args: _P.args,
         **kwargs: _P.kwargs,
     ) -> _T:
-        """Run ``work`` in autocommit mode: each statement is its own atomic transaction."""
+        """Run a read (``work``) on the loop's connection in autocommit mode."""
         conn = self._connection()
         try:
             return work(conn, *args, **kwargs)
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
-    def _transaction(
+    async def _write(
         self,
         work: Callable[Concatenate[sqlite3.Connection, _P], _T],
         *args: _P.args,
         **kwargs: _P.kwargs,
     ) -> _T:
-        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction, rolled back if anything fails."""
-        conn = self._connection()
+        """Queue ``work`` for the writer thread and wait until it has committed (or failed).
+
+        ``work`` runs in the writer's transaction under its own savepoint: atomic, and rolled back
+        alone if it raises. Errors arrive already translated.
+        """
+
+        def run(conn: sqlite3.Connection) -> _T:
+            return work(conn, *args, **kwargs)
+
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn, *args, **kwargs)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    # SQLite may have rolled back already (on SQLITE_FULL, say); the original error
-                    # is the one to report.
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            return result
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from exc
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # No event loop in this thread: a plain function memoized on this tier drives the
+            # coroutine by hand (stratacache.memoize). Nothing else runs here, so wait in place.
+            waiter: concurrent.futures.Future[_T] = concurrent.futures.Future()
+            self._put(_Write(run, None, waiter))
+            return waiter.result()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._put(_Write(run, loop, future))
+        return await future
+
+    def _put(self, item: _Write) -> None:
+        with self._submit:
+            if self._writes is None:
+                raise self._closed()
+            self._writes.put(item)
 
     def _translate(self, exc: sqlite3.Error) -> TierError:
         """Map a ``sqlite3`` error to the stratacache error tree by SQLite's primary result code."""
-        code = getattr(exc, "sqlite_errorcode", None)
-        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-        primary = code & 0xFF if isinstance(code, int) else None
-        if primary in _UNAVAILABLE_CODES:
-            return TierUnavailableError(f"SQLite tier {self.path}: {exc} ({name})")
-        if primary in _CORRUPT_CODES:
-            return TierError(
-                f"SQLite tier {self.path} is corrupt or not a SQLite database: {exc} ({name}); "
-                "move the file away (the cache will start empty)"
-            )
-        return TierError(f"SQLite tier {self.path}: {exc} ({name})")
+        return _translate(self.path, exc)
 
-    def _get(self, conn: sqlite3.Connection, key: str, now: float) -> TierEntry | None:
-        row = conn.execute(_GET, (key,)).fetchone()
-        if row is None:
-            return None
-        value, expires_at, namespace, accessed_at, tags = row
-        if not _live(expires_at, now):
-            # Guarded by the expiry so a fresh entry another process wrote meanwhile survives.
-            conn.execute("DELETE FROM entries WHERE key = ? AND expires_at <= ?", (key, now))
-            return None
-        if now - accessed_at >= _ACCESS_RESOLUTION_S:
-            conn.execute("UPDATE entries SET accessed_at = ? WHERE key = ?", (now, key))
-        return TierEntry(
-            value=value,
-            expires_at=expires_at,
-            tags=frozenset(json.loads(tags)) if tags != "[]" else frozenset(),
-            namespace=namespace,
-        )
+    @staticmethod
+    def _read(conn: sqlite3.Connection, key: str) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = conn.execute(_GET, (key,)).fetchone()
+        return row
+
+    @staticmethod
+    def _delete_expired(conn: sqlite3.Connection, key: str, now: float) -> None:
+        # Guarded by the expiry so a fresh entry written meanwhile (by anyone) survives.
+        conn.execute("DELETE FROM entries WHERE key = ? AND expires_at <= ?", (key, now))
+
+    @staticmethod
+    def _touch(conn: sqlite3.Connection, key: str, now: float) -> None:
+        conn.execute("UPDATE entries SET accessed_at = ? WHERE key = ?", (now, key))
 
     def _set(self, conn: sqlite3.Connection, key: str, entry: TierEntry, now: float) -> bool:
         size = _entry_size(key, entry)
