@@ -141,3 +141,23 @@ def test_bad_arguments_results_and_options(clock: Clock) -> None:
         memoize(tier, ttl=0)
     with pytest.raises(ConfigError):
         memoize(tier, tags=(1,))  # type: ignore[arg-type]
+
+
+async def test_a_plain_function_called_inside_a_running_loop(
+    sqlite: SQLiteTier, clock: Clock
+) -> None:
+    # Sync helpers are often called from async code; the SQLite tier's writes go to a thread,
+    # and a hand-driven call must wait for them in place instead of suspending.
+    calls: list[int] = []
+
+    @memoize(sqlite, clock=clock)
+    def square(n: int) -> int:
+        calls.append(n)
+        return n * n
+
+    assert square(4) == 16
+    assert square(4) == 16
+    assert calls == [4]
+    assert square.invalidate(4) is True  # type: ignore[attr-defined]
+    assert square(4) == 16
+    assert calls == [4, 4]

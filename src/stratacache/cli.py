@@ -128,6 +128,7 @@ def _settings_json(settings: Any) -> str:
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
     values["admin_token"] = "<set>" if settings.admin_token else None
     values["redis_url"] = settings.redis_url and redact_url(settings.redis_url)
+    values["semantic_index"] = redact_url(settings.semantic_index)
     values["routes"] = {
         str(route.value): {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
         for route, policy in settings.routes.items()

@@ -23,6 +23,7 @@ stratacache faces read their own. An example file::
     semantic_shadow = false             # true: only observe would-be hits, recommend a threshold
     semantic_threshold = 0.95           # cosine; unset: the calibrated default
     embedding_url = "http://127.0.0.1:8081/v1"  # unset: the packaged local model, offline
+    semantic_index = "redis://127.0.0.1:6379/0"  # shared vectors (Redis 8 / postgresql://); default memory
     embedding_model = "BAAI/bge-small-en-v1.5"
 
     [routes."chat.completions"]
@@ -153,6 +154,10 @@ class Settings:
     semantic cache's embeddings; ``None``: the packaged local model, offline."""
     embedding_model: str | None = None
     """The model name sent to ``embedding_url``."""
+    semantic_index: str = "memory"
+    """Where the semantic vectors live: ``memory`` (in-process, saved beside the SQLite file), or a
+    ``redis://`` URL (Redis 8 vector sets) or ``postgresql://`` URL (pgvector) shared by every
+    instance."""
     routes: Mapping[Route, RoutePolicy] = field(default_factory=_default_routes)
     """The caching policy per route."""
     pricing: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
@@ -252,6 +257,18 @@ class Settings:
                 raise ConfigError("embedding_url needs embedding_model (the model name to send)")
         if self.embedding_model is not None:
             _check_str("embedding_model", self.embedding_model)
+        _check_str("semantic_index", self.semantic_index)
+        if self.semantic_index != "memory" and urlsplit(self.semantic_index).scheme not in (
+            "redis",
+            "rediss",
+            "unix",
+            "postgresql",
+            "postgres",
+        ):
+            raise ConfigError(
+                "semantic_index must be memory, a redis:// or a postgresql:// URL, "
+                f"got {redact_url(self.semantic_index)!r}"
+            )
 
     def _check_redis(self) -> None:
         if self.redis_url is not None:

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from stratacache.errors import ConfigError, TierUnavailableError
-from stratacache.tiers.base import Clock, Tier, TierEntry
+from stratacache.tiers.base import Clock, Tier, TierEntry, driven_by_hand
 
 __all__ = ["memoize"]
 
@@ -50,10 +50,13 @@ _T = TypeVar("_T")
 
 def _drive(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run a coroutine that never suspends to its result, without an event loop."""
+    token = driven_by_hand.set(True)  # even inside a running loop: see driven_by_hand
     try:
         coro.send(None)
     except StopIteration as stop:
         return cast("_T", stop.value)
+    finally:
+        driven_by_hand.reset(token)
     coro.close()
     raise ConfigError(
         "a plain (non-async) function can only be memoized on an in-process tier "

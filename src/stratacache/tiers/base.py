@@ -16,10 +16,17 @@ without suspending. Every implementation must pass ``tests/tiers/contract.py``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "Tier", "TierEntry"]
+__all__ = ["Clock", "Tier", "TierEntry", "driven_by_hand"]
+
+driven_by_hand: ContextVar[bool] = ContextVar("stratacache_driven_by_hand", default=False)
+"""True while a synchronous caller drives a tier's coroutine to completion by hand, without awaiting
+it (:func:`stratacache.memoize` on a plain function). Such a coroutine must never suspend, even
+when the calling thread happens to run an event loop, so an in-process tier that would hand work
+to a thread (:class:`~stratacache.tiers.SQLiteTier`'s writer) waits for it in place instead."""
 
 Clock = Callable[[], float]
 """A function returning the current wall-clock time in Unix seconds."""

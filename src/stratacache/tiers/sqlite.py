@@ -67,7 +67,7 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from stratacache.errors import ConfigError, TierError, TierUnavailableError
 from stratacache.tiers._checks import check_entry, check_key
-from stratacache.tiers.base import Clock, TierEntry
+from stratacache.tiers.base import Clock, TierEntry, driven_by_hand
 
 __all__ = ["SCHEMA_VERSION", "SQLiteTier"]
 
@@ -151,6 +151,13 @@ _UNAVAILABLE_CODES: Final = frozenset(
     }
 )
 _CORRUPT_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _utf8_len(text: str) -> int:
@@ -671,11 +678,11 @@ class SQLiteTier:
         def run(conn: sqlite3.Connection) -> _T:
             return work(conn, *args, **kwargs)
 
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            # No event loop in this thread: a plain function memoized on this tier drives the
-            # coroutine by hand (stratacache.memoize). Nothing else runs here, so wait in place.
+        loop = _running_loop()
+        if loop is None or driven_by_hand.get():
+            # A plain function memoized on this tier drives the coroutine by hand
+            # (stratacache.memoize), with no loop or from inside one: it must not suspend, so wait
+            # in place; the writer thread resolves a thread-safe future and needs no loop.
             waiter: concurrent.futures.Future[_T] = concurrent.futures.Future()
             self._put(_Write(run, None, waiter))
             return waiter.result()
