@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from redis_server import redis_server, redis_url
 from stratacache.config import Settings
-from stratacache.errors import ConfigError, RequestError, StrataError
+from stratacache.errors import ConfigError, RequestError, StrataError, TierUnavailableError
 from stratacache.llm.cache import CacheStatus, LLMCache, LLMRequest
 from stratacache.llm.events import (
     Event,
@@ -274,6 +274,47 @@ async def test_the_stream_consumer_applies_events_and_survives_a_dropped_connect
         await consumer.wait_handled(4)
         assert consumer.handled == 2
         assert await _status(cache, "p456") is CacheStatus.MISS
+    finally:
+        await consumer.aclose()
+        await admin.aclose()
+
+
+class _TierDownOnce:
+    """The real cache, behind a tier that is unavailable for the first invalidation it is asked
+    for (as a Redis tier restarting would be)."""
+
+    def __init__(self, cache: LLMCache) -> None:
+        self.cache = cache
+        self.failures = 0
+
+    async def invalidate_tag(self, tag: str) -> int:
+        if self.failures == 0:
+            self.failures += 1
+            raise TierUnavailableError("the tier is restarting")
+        return await self.cache.invalidate_tag(tag)
+
+    async def invalidate_namespace(self, namespace: str) -> int:
+        return await self.cache.invalidate_namespace(namespace)
+
+
+async def test_the_stream_consumer_retries_an_event_while_a_tier_is_down(
+    cache: LLMCache, redis_url: str
+) -> None:
+    import redis.asyncio
+
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    invalidator = _TierDownOnce(cache)
+    consumer = EventConsumer.from_url(
+        redis_url, invalidator, RULES, stream="strata:retry", retry_delay=0.01
+    )
+    consumer.start()
+    try:
+        await consumer.wait_connected()
+        await admin.xadd("strata:retry", {"event": "product_updated 123"})
+        await consumer.wait_handled(1)
+        assert invalidator.failures == 1
+        assert (consumer.handled, consumer.rejected) == (1, 0)  # applied on the retry
+        assert await _status(cache, "p123") is CacheStatus.MISS
     finally:
         await consumer.aclose()
         await admin.aclose()

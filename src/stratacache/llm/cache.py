@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -651,6 +652,10 @@ class LLMCache:
         self._item_flights: dict[str, asyncio.Future[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending = PendingWrites()
+        # Bumped when every invalidation starts and again when it ends: a write whose answer was
+        # read or fetched under an older epoch may predate an invalidation, and is not stored
+        # (it would bring back what was invalidated). See _promote and _settle.
+        self._epoch = 0
         self._closed = False
         if semantic is not None and not isinstance(semantic, SemanticLayer):
             raise ConfigError("semantic must be a SemanticLayer (see llm.semantic.semantic_layer)")
@@ -740,6 +745,7 @@ class LLMCache:
         semantic_text: str | None = None
         shadow: Candidate | None = None
         layer = self.semantic
+        epoch = self._epoch  # before the semantic read: see _write_alias
         if (
             layer is not None
             and layer.ready
@@ -759,7 +765,9 @@ class LLMCache:
                     )
                     if similar is not None:
                         found, score = similar
-                        self._promote(key, found.record, score, policy)
+                        if decision.store:  # no-store: not even an alias under this key
+                            ttl = directives.ttl if directives.ttl is not None else policy.ttl
+                            self._promote(key, found.record, score, policy, ttl=ttl, epoch=epoch)
                         layer.count("served")
                         return self._serve_record(
                             route,
@@ -805,46 +813,54 @@ class LLMCache:
 
     async def invalidate_key(self, key: str) -> bool:
         """Remove the entry stored under ``key`` (an ``X-Cache-Key`` value) from every tier."""
-        # A write still pending would land after the delete and bring the entry back.
-        await self._pending.wait(key)
+        self._epoch += 1
         try:
+            # A write still pending would land after the delete and bring the entry back.
+            await self._pending.wait(key)
             deleted = await self.tiers.delete(key)
             if self.semantic is not None:
                 # The answers promoted from this one (aliases under paraphrases' keys) go with it.
-                await self._pending.drain()
+                await self._pending.settle_current()
                 await self.tiers.delete_tag(alias_tag(key))
             return deleted
         finally:
+            self._epoch += 1
             self._verified.discard(key)
             if self.semantic is not None:
                 self.semantic.delete_key(key)
 
     async def invalidate_namespace(self, namespace: str) -> int:
         """Remove every entry in ``namespace`` (of every tenant) from every tier."""
-        await self._pending.drain()
+        self._epoch += 1
         try:
+            await self._pending.settle_current()
             return await self.tiers.delete_namespace(namespace)
         finally:
+            self._epoch += 1
             self._verified.discard_namespace(namespace)
             if self.semantic is not None:
                 self.semantic.delete_namespace(namespace)
 
     async def invalidate_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` from every tier."""
-        await self._pending.drain()
+        self._epoch += 1
         try:
+            await self._pending.settle_current()
             return await self.tiers.delete_tag(tag)
         finally:
+            self._epoch += 1
             self._verified.discard_tag(tag)
             if self.semantic is not None:
                 self.semantic.delete_tag(tag)
 
     async def flush(self) -> None:
         """Remove every entry from every tier."""
-        await self._pending.drain()
+        self._epoch += 1
         try:
+            await self._pending.settle_current()
             await self.tiers.clear()
         finally:
+            self._epoch += 1
             self._verified.clear()
             if self.semantic is not None:
                 self.semantic.clear()
@@ -901,15 +917,20 @@ class LLMCache:
         policy: RoutePolicy,
         *,
         shared: bool = False,
+        raise_tier_errors: bool = False,
     ) -> _Found | None:
         """The record under ``storage``, verified to answer the request ``digest`` on ``route``.
 
         ``shared``: ``storage`` is a prefix slot that different requests share, so a record for
         another request is refused and kept rather than treated as tampering.
+        ``raise_tier_errors``: raise a failed lookup's :class:`TierError` instead of answering
+        ``None``, for a caller that must tell "absent" from "unknown".
         """
         try:
             found = await self.tiers.lookup(storage)
         except TierError as exc:
+            if raise_tier_errors:
+                raise
             logger.warning("cache lookup failed, answering from upstream: %s", exc)
             return None
         if found is None:
@@ -1054,7 +1075,21 @@ class LLMCache:
         digest = hit.key[len(scope) :]
         found = None
         if hit.key.startswith(scope) and "/" not in digest:
-            found = await self._find_stored(hit.key, digest, route, directives, policy)
+            try:
+                found = await self._find_stored(
+                    hit.key, digest, route, directives, policy, raise_tier_errors=True
+                )
+            except TierError as exc:
+                # The tier could not say: the record may well be there, so its vector stays.
+                logger.warning("semantic candidate lookup failed, answering from upstream: %s", exc)
+                layer.count("error")
+                return None
+        if found is not None:
+            # The paraphrase's own TTL (its directive, else its resolved policy, TTL rules
+            # included) bounds how old an answer it accepts, whatever the original was stored with.
+            ttl = directives.ttl if directives.ttl is not None else policy.ttl
+            if ttl is not None and found.record.age(self._clock()) > ttl:
+                return None
         if found is None or found.freshness is not _Freshness.FRESH:
             # Invalidated, expired or evicted (or refused by max-age): nothing to serve. A record
             # that is gone takes its vector with it; one merely too old for max-age keeps it.
@@ -1077,19 +1112,51 @@ class LLMCache:
             layer.shadow_log.no_candidate()
         return candidate
 
-    def _promote(self, key: CacheKey, record: Record, score: float, policy: RoutePolicy) -> None:
+    def _promote(
+        self,
+        key: CacheKey,
+        record: Record,
+        score: float,
+        policy: RoutePolicy,
+        *,
+        ttl: float | None,
+        epoch: int,
+    ) -> None:
         """Write-behind: an alias of ``record`` under the paraphrase's exact key, re-signed, into
-        the faster tiers, so the same paraphrase next time is an exact hit."""
+        the faster tiers, so the same paraphrase next time is an exact hit.
+
+        ``ttl``: the paraphrase's own resolved TTL (directive, else its policy's), which caps the
+        alias's expiry; ``epoch``: the invalidation epoch read before the semantic lookup.
+        """
         if key.storage_key in self._pending:
             return
-        self._pending.schedule((key.storage_key,), self._write_alias(key, record, score, policy))
+        if self._epoch != epoch:
+            # An invalidation ran while the original was being read: it may be the one that
+            # removed it (its alias tag deleted before this alias existed). Not promoted. One that
+            # starts after this point waits for the pending alias write, then deletes it.
+            return
+        self._pending.schedule(
+            (key.storage_key,), self._write_alias(key, record, score, policy, ttl)
+        )
 
     async def _write_alias(
-        self, key: CacheKey, record: Record, score: float, policy: RoutePolicy
+        self,
+        key: CacheKey,
+        record: Record,
+        score: float,
+        policy: RoutePolicy,
+        ttl: float | None,
     ) -> None:
         layer = self.semantic
         try:
             await _after_replies()
+            expires_at = record.expires_at
+            if ttl is not None:
+                # The paraphrase's TTL rule holds for its alias too. The alias keeps the original's
+                # created_at, so it expires when the answer is ttl seconds old, as the lookup
+                # (_semantic_find) would refuse it then; never later than the original.
+                capped = record.created_at + ttl
+                expires_at = capped if expires_at is None else min(expires_at, capped)
             tags = frozenset(
                 {
                     *(t for t in record.tags if not t.startswith("strata/")),
@@ -1103,7 +1170,7 @@ class LLMCache:
                 route=key.route.value,
                 model=record.model,
                 created_at=record.created_at,  # the answer is as old as the original
-                expires_at=record.expires_at,
+                expires_at=expires_at,
                 namespace=key.namespace,
                 tags=tags,
                 body=record.body,
@@ -1193,6 +1260,8 @@ class LLMCache:
             outcome = CacheStatus.COALESCED
             flight.followers += 1
             flight.store = flight.store or ctx.decision.store
+            if ctx.decision.store:
+                flight.controls = _merge_controls(flight.controls, ctx)
             self._observer.request_coalesced(ctx.route.value)
         else:
             outcome = CacheStatus.MISS if ctx.decision.lookup else CacheStatus.BYPASS
@@ -1210,7 +1279,9 @@ class LLMCache:
                     want_usage=ctx.want_usage,
                     started=ctx.started,
                 )
-            error = _error_response(flight, outcome, storage)
+            # X-Cache-Key is always the storage key (what invalidate_key takes), never the flight
+            # key, which on a prefix route is "slot#digest".
+            error = _error_response(flight, outcome, ctx.key.storage_key)
             if error is not None:
                 self._served(ctx, outcome)
                 return error
@@ -1221,7 +1292,7 @@ class LLMCache:
                     cache=outcome,
                     media_type=EVENT_STREAM,
                     stream=self._follow(flight, ctx),
-                    key=storage,
+                    key=ctx.key.storage_key,
                     upstream_headers=flight.headers,
                 )
                 self._served(ctx, outcome)
@@ -1316,6 +1387,7 @@ class LLMCache:
     def _launch(self, ctx: _Context, *, register: bool, detached: bool = False) -> Flight:
         storage = _flight_key(ctx.key)
         flight = Flight(storage, store=ctx.decision.store, detached=detached)
+        flight.controls = ctx if ctx.decision.store else None
         if register:
             self._flights[storage] = flight
         task = asyncio.get_running_loop().create_task(self._fly(flight, ctx))
@@ -1326,13 +1398,23 @@ class LLMCache:
 
     async def _fly(self, flight: Flight, ctx: _Context) -> None:
         try:
+            epoch = self._epoch  # the answer is fetched from here on: see _settle
             await self._fetch(flight, ctx)
             # Registered before the flight leaves the table below (no await in between), so a
-            # request for this key finds either the flight or the pending write.
-            keys = (flight.key,) if flight.store and _may_store(flight) else ()
+            # request for this key finds either the flight or the pending write. Under the
+            # storage key, not the flight key: that is what requests and invalidate_key wait on
+            # (on a prefix route the flight key is "slot#digest").
+            keys = (ctx.key.storage_key,) if flight.store and _may_store(flight) else ()
             # The record is dated when the answer arrived, not when the write gets its turn.
             answered = self._clock()
-            self._pending.schedule(keys, self._settle_after_replies(flight, ctx, answered))
+            # An invalidation that ran (even in part) while the answer was being fetched may
+            # predate it: storing it would bring back what was invalidated. Decided here, when
+            # the write is scheduled: an invalidation starting later waits for this write and
+            # deletes after it.
+            invalidated = self._epoch != epoch
+            self._pending.schedule(
+                keys, self._settle_after_replies(flight, ctx, answered, invalidated)
+            )
         except asyncio.CancelledError:
             flight.finish(UpstreamError("the request was abandoned"))
             if flight.store:
@@ -1404,18 +1486,24 @@ class LLMCache:
                     flight.terminal = True
             flight.wake()
 
-    async def _settle_after_replies(self, flight: Flight, ctx: _Context, answered: float) -> None:
+    async def _settle_after_replies(
+        self, flight: Flight, ctx: _Context, answered: float, invalidated: bool
+    ) -> None:
         """:meth:`_settle`, once the clients' answers are on their way; failures are counted."""
         try:
             await _after_replies()
-            await self._settle(flight, ctx, answered)
+            await self._settle(flight, ctx, answered, invalidated)
         except Exception:  # the client has its answer; a failed write must not reach it
             logger.exception("could not store an answer")
             if flight.store:
                 self._observer.not_stored(ctx.route.value, "write-error")
 
-    async def _settle(self, flight: Flight, ctx: _Context, answered: float) -> None:
-        """After a flight: count what followers saved, and store the answer if it may be."""
+    async def _settle(
+        self, flight: Flight, ctx: _Context, answered: float, invalidated: bool
+    ) -> None:
+        """After a flight: count what followers saved, and store the answer if it may be.
+
+        ``invalidated``: an invalidation ran while the upstream call was in flight (see _fly)."""
         if flight.error is not None or flight.status is None or not 200 <= flight.status < 300:
             if flight.store:
                 self._observer.not_stored(ctx.route.value, "upstream-error")
@@ -1458,11 +1546,17 @@ class LLMCache:
         if reason is not None:
             self._observer.not_stored(ctx.route.value, reason)
             return
+        if invalidated:
+            self._observer.not_stored(ctx.route.value, "invalidated")
+            return
+        # Stored with the controls of a request that asked for storing (the leader may have
+        # said no-store while a coalesced follower did not): see _merge_controls.
+        store_ctx: _Context = flight.controls if isinstance(flight.controls, _Context) else ctx
         record = await self._write(
-            ctx.key,
-            ctx.route,
-            ctx.policy,
-            ctx.directives,
+            store_ctx.key,
+            store_ctx.route,
+            store_ctx.policy,
+            store_ctx.directives,
             model=model,
             usage=usage_flat,
             body=None if flight.sse else flight.body,
@@ -1471,7 +1565,7 @@ class LLMCache:
             gaps=_gaps(flight) if flight.sse else None,
         )
         if record is not None:
-            await self._index_answer(ctx, record)
+            await self._index_answer(store_ctx, record)
 
     async def _write(
         self,
@@ -1926,6 +2020,32 @@ async def _paced(
         if pause > 0:
             await sleep(pause)
         yield frame
+
+
+def _merge_controls(stored: Any, ctx: _Context) -> _Context:
+    """The controls a coalesced answer is stored with, once ``ctx`` (a request that asked for
+    storing) joined a flight whose storing controls so far are ``stored`` (``None``: none yet).
+
+    The rule: the first storing request's context, with the union of every storing request's tags
+    (each may invalidate the shared answer by its own tag) and the smallest of their effective
+    TTLs (directive, else policy; no request gets its answer kept longer than it asked).
+    """
+    if not isinstance(stored, _Context):
+        return ctx
+    ttls = [
+        t
+        for t in (
+            stored.directives.ttl if stored.directives.ttl is not None else stored.policy.ttl,
+            ctx.directives.ttl if ctx.directives.ttl is not None else ctx.policy.ttl,
+        )
+        if t is not None
+    ]
+    directives = dataclasses.replace(
+        stored.directives,
+        tags=stored.directives.tags | ctx.directives.tags,
+        ttl=min(ttls) if ttls else None,
+    )
+    return dataclasses.replace(stored, directives=directives)
 
 
 def _may_store(flight: Flight) -> bool:

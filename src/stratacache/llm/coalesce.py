@@ -45,6 +45,7 @@ class Flight:
         "_changed",
         "arrivals",
         "body",
+        "controls",
         "detached",
         "done",
         "error",
@@ -100,6 +101,10 @@ class Flight:
         """Clients that joined after the first (for the coalescing counters)."""
         self.task: asyncio.Task[None] | None = None
         """The task running the call."""
+        self.controls: Any = None
+        """The cache controls the answer is stored with, set by the cache: those of the first
+        request that asked for storing (a no-store leader's own controls must not be used for a
+        storing follower's answer), merged with any later storing follower's."""
         self._changed = asyncio.Event()
 
     def wake(self) -> None:
@@ -220,3 +225,15 @@ class PendingWrites:
         """Wait until every write scheduled so far, and any scheduled meanwhile, has ended."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def settle_current(self) -> None:
+        """Wait until the writes scheduled so far have ended; not those scheduled meanwhile.
+
+        What an invalidation needs: a write that was pending when it started must land before it
+        deletes, while writes begun later are its own business (the cache's invalidation epoch
+        keeps them from storing what was invalidated). Waiting for *every* write instead (as
+        :meth:`drain` does) could stall an invalidation for as long as traffic keeps coming.
+        """
+        current = list(self._tasks)
+        if current:
+            await asyncio.gather(*current, return_exceptions=True)

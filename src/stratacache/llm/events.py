@@ -40,7 +40,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stratacache.errors import ConfigError, MissingExtraError, RequestError, StrataError
+from stratacache.errors import (
+    ConfigError,
+    MissingExtraError,
+    RequestError,
+    StrataError,
+    TierUnavailableError,
+)
 from stratacache.llm.keys import validate_namespace
 from stratacache.llm.policy import MAX_TAG_CHARS
 
@@ -461,6 +467,12 @@ class EventConsumer:
 
     async def handle(self, raw: str | bytes) -> None:
         """Apply one event, counting it as handled or rejected (never raises for bad input)."""
+        await self._handle(raw, hold=False)
+
+    async def _handle(self, raw: str | bytes, *, hold: bool) -> None:
+        """:meth:`handle`; with ``hold``, a :class:`TierUnavailableError` is raised instead of
+        counted, so a stream reader keeps its position and applies the event again once the tier
+        is back (an invalidation is idempotent; dropping one would leave stale answers served)."""
         try:
             event = parse_event(raw)
             invalidation = plan(self._rules, [event])
@@ -468,6 +480,12 @@ class EventConsumer:
                 raise RequestError(f"no rule for the event {event.name!r}")
             self.deleted += await apply(self._cache, invalidation)
             self.handled += 1
+        except TierUnavailableError as exc:
+            if hold:
+                logger.warning("could not apply an event yet, will retry: %s", exc)
+                raise
+            self.rejected += 1
+            logger.warning("skipping an event: %s", exc)
         except StrataError as exc:
             self.rejected += 1
             logger.warning("skipping an event: %s", exc)
@@ -518,14 +536,18 @@ class EventConsumer:
             )
             for _name, messages in reply or []:
                 for message_id, fields in messages:
-                    self._last_id = message_id
                     raw: Any = fields.get(b"event", fields.get("event"))
                     if raw is None:
+                        self._last_id = message_id
                         self.rejected += 1
                         logger.warning("a stream entry without an 'event' field: %r", fields)
                         await self._notify()
                         continue
-                    await self.handle(raw)
+                    # The position moves past an entry only once it is applied (or rejected as
+                    # bad): a tier that is down raises out of here, and after the retry delay the
+                    # read starts again from this entry.
+                    await self._handle(raw, hold=True)
+                    self._last_id = message_id
 
     async def _follow_channel(self, channel: str) -> None:
         await self._ready()
