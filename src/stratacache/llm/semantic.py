@@ -428,6 +428,9 @@ class DeferredIndex:
     :param path: the vector file (``None``: in memory only).
     :param dimension: the vector length when known (else the first vector's).
     :param clock: wall-clock Unix seconds, for expiry.
+    :param url: ``memory`` (the default), or a shared index's URL for
+        :func:`~stratacache.semantic.backends.open_index` (``redis://``: Redis 8 vector sets,
+        ``postgresql://``: pgvector); a shared index is its own store, so ``path`` is not used.
     """
 
     def __init__(
@@ -436,6 +439,7 @@ class DeferredIndex:
         *,
         dimension: int | None = None,
         clock: Callable[[], float] | None = None,
+        url: str = "memory",
     ) -> None:
         import logging
         import time
@@ -444,7 +448,8 @@ class DeferredIndex:
         from stratacache.errors import TierError
         from stratacache.semantic import default_index
 
-        self._path = None if path is None else Path(path)
+        self._url = url
+        self._path = None if path is None or url != "memory" else Path(path)
         self._clock = clock or time.time
         self._dimension = dimension
         self._index: Any = None
@@ -466,9 +471,9 @@ class DeferredIndex:
     def _made(self, dimension: int) -> Any:
         with self._lock:
             if self._index is None:
-                from stratacache.semantic import default_index
+                from stratacache.semantic.backends import open_index
 
-                self._index = default_index(self._dimension or dimension, clock=self._clock)
+                self._index = open_index(self._url, self._dimension or dimension, clock=self._clock)
             return self._index
 
     @property
@@ -504,7 +509,12 @@ class DeferredIndex:
 
     def search(self, partition: str, vector: Any, k: int = 1) -> list[Any]:
         """The best ``k`` live entries of ``partition`` (none before the first vector)."""
-        return [] if self._index is None else list(self._index.search(partition, vector, k))
+        if self._index is None:
+            if self._url == "memory":
+                return []
+            # A shared index may hold other instances' vectors before this one adds any.
+            self._made(len(vector))
+        return list(self._index.search(partition, vector, k))
 
     def __contains__(self, id: object) -> bool:
         return self._index is not None and id in self._index
@@ -618,7 +628,9 @@ def semantic_from_settings(
         embedder = LocalEmbedder()
     durable = next((tier for tier in tiers.tiers if tier.name == "sqlite"), None)
     embeddings = EmbeddingCache(embedder, tier=durable, clock=clock)
-    index = DeferredIndex(vector_file_for(settings.database), clock=clock)
+    index = DeferredIndex(
+        vector_file_for(settings.database), clock=clock, url=settings.semantic_index
+    )
     thresholds = {
         route: policy.semantic_threshold
         for route, policy in settings.routes.items()
