@@ -210,7 +210,9 @@ class Metrics:
         if charge.billed:
             self._child(self._dollars, route, label).inc(charge.billed)
 
-    def upstream_usage(self, route: str, model: str | None, usage: Mapping[str, Any] | None) -> None:
+    def upstream_usage(
+        self, route: str, model: str | None, usage: Mapping[str, Any] | None
+    ) -> None:
         """Record an upstream answer's usage in the ledger: its cost and prompt-cache savings."""
         charge = self.ledger.record_upstream(model, usage)
         label = model or "unknown"
