@@ -25,7 +25,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +34,10 @@ from sqlite_writes import _IdleTimer, _load_tier
 from stratacache.llm.cache import LLMCache, LLMRequest, derive_tenant_secret
 from stratacache.llm.keys import Route
 from stratacache.llm.records import HmacSigner, RecordCodec
+from stratacache.llm.warm import RecordedReply
 from stratacache.tiers import MemoryTier, TierChain
 
 _KEY = b"k" * 32
-
-
-class _Reply:
-    def __init__(self, body: bytes) -> None:
-        self.status = 200
-        self.headers: Mapping[str, str] = {"content-type": "application/json"}
-        self._body = body
-
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        yield self._body
-
-    async def read(self) -> bytes:
-        return self._body
-
-    async def aclose(self) -> None:
-        return None
 
 
 class _Upstream:
@@ -62,7 +47,7 @@ class _Upstream:
         self.latency = latency
         self.calls = 0
 
-    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> _Reply:
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> RecordedReply:
         self.calls += 1
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -80,7 +65,7 @@ class _Upstream:
             ],
             "usage": {"prompt_tokens": 12, "completion_tokens": 160, "total_tokens": 172},
         }
-        return _Reply(json.dumps(answer).encode())
+        return RecordedReply(json.dumps(answer).encode())
 
 
 async def _run(

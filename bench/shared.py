@@ -35,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from stratacache.config import Settings
 from stratacache.llm.cache import CacheStatus, LLMCache, LLMRequest
 from stratacache.llm.factory import build_cache
 from stratacache.llm.keys import Route
+from stratacache.llm.warm import RecordedReply
 
 __all__ = ["HitRate", "Latency", "main"]
 
@@ -78,32 +79,13 @@ class HitRate:
         return self.hits / self.requests
 
 
-class _Reply:
-    """A complete chat completion, as the upstream would send it."""
-
-    status = 200
-    headers: Mapping[str, str] = {"content-type": "application/json"}
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        yield self._body
-
-    async def read(self) -> bytes:
-        return self._body
-
-    async def aclose(self) -> None:
-        return None
-
-
 class _Upstream:
     """The stand-in provider: answers every chat completion at once."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> _Reply:
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> RecordedReply:
         self.calls += 1
         question = json.loads(body)["messages"][-1]["content"]
         answer = {
@@ -120,7 +102,7 @@ class _Upstream:
             ],
             "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
         }
-        return _Reply(json.dumps(answer).encode())
+        return RecordedReply(json.dumps(answer).encode())
 
 
 def _request(n: int) -> LLMRequest:

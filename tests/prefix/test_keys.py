@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from stratacache.llm.cache import (
 )
 from stratacache.llm.keys import Route, request_key
 from stratacache.llm.records import HmacSigner, RecordCodec
+from stratacache.llm.warm import RecordedReply
 from stratacache.observability.metrics import Metrics
 from stratacache.prefix.keys import PrefixCacheKey, prefix_key
 from stratacache.tiers import MemoryTier, TierChain
@@ -83,35 +84,13 @@ def test_the_config_file_sets_prefix_keys(tmp_path: Path) -> None:
     assert (policy.key, policy.granularity) == ("prefix", 512)
 
 
-class _Reply:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    @property
-    def status(self) -> int:
-        return 200
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"content-type": "application/json"}
-
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        yield self._body
-
-    async def read(self) -> bytes:
-        return self._body
-
-    async def aclose(self) -> None:
-        return None
-
-
 class _EchoUpstream:
     """Answers each request with its own last user message, so a wrong answer is visible."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> _Reply:
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> RecordedReply:
         self.calls += 1
         question = json.loads(body)["messages"][-1]["content"]
         answer = {
@@ -128,7 +107,7 @@ class _EchoUpstream:
             ],
             "usage": {"prompt_tokens": 3000, "completion_tokens": 4, "total_tokens": 3004},
         }
-        return _Reply(json.dumps(answer).encode())
+        return RecordedReply(json.dumps(answer).encode())
 
 
 SLOTS: list[str] = []

@@ -58,6 +58,7 @@ from stratacache.llm.rules import CacheRules
 from stratacache.llm.streams import assemble_chat, assemble_completion, assemble_response
 
 __all__ = [
+    "RecordedReply",
     "RecordedUpstream",
     "Rejected",
     "WarmItem",
@@ -378,7 +379,7 @@ class RecordedUpstream:
         answer: Mapping[str, Any] = item.response
         if item.route is Route.EMBEDDINGS:
             answer = _embeddings_subset(item, _orjson().loads(body))
-        return _RecordedReply(_orjson().dumps(answer))
+        return RecordedReply(_orjson().dumps(answer))
 
 
 def _embeddings_subset(item: WarmItem, sent: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -417,8 +418,9 @@ def _items(raw: Any) -> list[Any]:
     return list(raw) if isinstance(raw, list) else [raw]
 
 
-class _RecordedReply:
-    """A complete 200 JSON reply, as :class:`~stratacache.llm.cache.UpstreamReply`."""
+class RecordedReply:
+    """A complete 200 JSON reply held in memory, as :class:`~stratacache.llm.cache.UpstreamReply`
+    (what an import answers with; also handy for in-process upstreams in benchmarks and tests)."""
 
     status = 200
     headers: Mapping[str, str] = {"content-type": "application/json"}
