@@ -261,3 +261,14 @@ def test_the_packaged_minilm_runs_offline(monkeypatch: pytest.MonkeyPatch) -> No
     paraphrase = float(vectors[0] @ vectors[1])
     unrelated = float(vectors[0] @ vectors[2])
     assert paraphrase > unrelated + 0.3
+    # The single-text fast path (no encode()) gives what sentence-transformers' encode gives.
+    texts = ["How can I get my money back for a broken kettle?", "ok", "x " * 400]
+    model = embedder._load()
+    for text in texts:
+        fast = embedder.embed([text])
+        reference = model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
+        assert fast.shape == (1, 384)
+        assert np.abs(fast - reference).max() < 1e-5
+    assert np.abs(embedder.embed(texts[:1]) - vectors[:1]).max() < 1e-5
+    with pytest.raises(ConfigError):
+        LocalEmbedder(threads=0)

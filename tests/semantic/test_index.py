@@ -182,3 +182,130 @@ def test_a_file_with_a_bad_entry_raises_tier_error(clock: FakeClock, tmp_path: P
     path.write_bytes(body + hashlib.sha256(body).digest())
     with pytest.raises(TierError, match="bad entry"):
         ExactIndex.load(path, clock=clock)
+
+
+def _bulk(index: VectorIndex) -> ExactIndex | USearchIndex:
+    assert isinstance(index, ExactIndex | USearchIndex)
+    return index
+
+
+def test_add_many_is_add_per_row(index: VectorIndex, clock: FakeClock) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((40, DIMENSION)).astype(np.float32)
+    ids = [f"k{i}" for i in range(40)]
+    _bulk(index).add_many(
+        "p",
+        ids,
+        vectors * 3.0,  # normalised on the way in, as add does
+        texts=[f"t{i}" for i in range(40)],
+        expires_at=[clock.now + 10 if i % 2 else None for i in range(40)],
+    )
+    one_by_one = ExactIndex(DIMENSION, clock=clock)
+    for i in range(40):
+        one_by_one.add("p", ids[i], vectors[i], text=f"t{i}")
+    assert len(index) == 40
+    for i in range(40):
+        got = index.search("p", vectors[i], 3)
+        want = one_by_one.search("p", vectors[i], 3)
+        assert [m.id for m in got] == [m.id for m in want]
+        assert [m.text for m in got] == [m.text for m in want]
+        assert [m.score for m in got] == pytest.approx([m.score for m in want], abs=1e-5)
+    clock.advance(11)
+    assert index.search("p", vectors[1], 1)[0].id != "k1"  # odd rows expired
+    assert "k1" not in index
+    assert "k0" in index
+
+
+def test_add_many_replaces_ids_and_appends_to_a_partition(index: VectorIndex) -> None:
+    bulk = _bulk(index)
+    index.add("p", "a", unit(DIMENSION, 0), text="old")
+    bulk.add_many("p", ["a", "b"], np.stack([unit(DIMENSION, 1), unit(DIMENSION, 2)]))
+    assert len(index) == 2
+    [match] = index.search("p", unit(DIMENSION, 1))
+    assert (match.id, match.text) == ("a", "")
+    [match] = index.search("p", unit(DIMENSION, 0))
+    assert match.score == pytest.approx(0.0, abs=1e-6)
+    bulk.add_many("p", [], np.zeros((0, DIMENSION), dtype=np.float32))
+    assert len(index) == 2
+
+
+@pytest.mark.parametrize(
+    ("ids", "rows", "extra"),
+    [
+        (["a", "a"], 2, {}),
+        (["a", ""], 2, {}),
+        (["a", "b"], 3, {}),
+        (["a", "b"], 2, {"texts": ["x"]}),
+        (["a", "b"], 2, {"texts": ["x", 3]}),
+        (["a", "b"], 2, {"texts": ["x", "\ud800"]}),
+        (["a", "b"], 2, {"expires_at": [None, float("nan")]}),
+        (["a", "b"], 2, {"expires_at": [None]}),
+    ],
+)
+def test_add_many_rejects_bad_input_and_changes_nothing(
+    index: VectorIndex, ids: list[str], rows: int, extra: dict[str, object]
+) -> None:
+    index.add("p", "a", unit(DIMENSION, 0), text="kept")
+    with pytest.raises(ConfigError):
+        _bulk(index).add_many("p", ids, np.ones((rows, DIMENSION), dtype=np.float32), **extra)  # type: ignore[arg-type]
+    assert len(index) == 1
+    [match] = index.search("p", unit(DIMENSION, 0))
+    assert (match.id, match.text) == ("a", "kept")
+
+
+def test_add_many_rejects_non_finite_rows(index: VectorIndex) -> None:
+    rows = np.ones((2, DIMENSION), dtype=np.float32)
+    rows[1, 3] = np.inf
+    with pytest.raises(ConfigError):
+        _bulk(index).add_many("p", ["a", "b"], rows)
+    with pytest.raises(ConfigError):
+        _bulk(index).add_many("p", ["a", "b"], np.ones((2, DIMENSION + 1), dtype=np.float32))
+    assert len(index) == 0
+
+
+def test_a_bulk_added_partition_moves_into_a_graph(clock: FakeClock) -> None:
+    pytest.importorskip("usearch")
+    index = USearchIndex(DIMENSION, clock=clock, exact_below=4, threads=1)
+    index.add_many(
+        "p",
+        [f"k{i}" for i in range(DIMENSION)],
+        np.stack([unit(DIMENSION, i) for i in range(DIMENSION)]),
+        texts=[str(i) for i in range(DIMENSION)],
+    )
+    assert "usearch" in type(index._shards["p"]).__name__.lower()
+    for i in range(DIMENSION):
+        [match] = index.search("p", unit(DIMENSION, i))
+        assert (match.id, match.text) == (f"k{i}", str(i))
+        assert match.score == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_half_precision_graph_scores_within_1e_3(clock: FakeClock, tmp_path: Path) -> None:
+    pytest.importorskip("usearch")
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((50, DIMENSION)).astype(np.float32)
+    index = USearchIndex(DIMENSION, clock=clock, exact_below=0, dtype="f16")
+    index.add_many("p", [f"k{i}" for i in range(50)], vectors)
+    exact = ExactIndex(DIMENSION, clock=clock)
+    exact.add_many("p", [f"k{i}" for i in range(50)], vectors)
+    for i in range(50):
+        got, want = index.search("p", vectors[i], 2), exact.search("p", vectors[i], 2)
+        assert got[0].id == want[0].id == f"k{i}"
+        assert [m.score for m in got] == pytest.approx([m.score for m in want], abs=1e-3)
+    index.save(tmp_path / "v")
+    assert len(USearchIndex.load(tmp_path / "v", clock=clock)) == 50
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"connectivity": 1},
+        {"expansion_add": 0},
+        {"expansion_search": True},
+        {"threads": -1},
+        {"dtype": "f64"},
+    ],
+)
+def test_usearch_rejects_bad_graph_settings(settings: dict[str, object]) -> None:
+    pytest.importorskip("usearch")
+    with pytest.raises(ConfigError):
+        USearchIndex(DIMENSION, **settings)  # type: ignore[arg-type]
