@@ -229,6 +229,11 @@ class Ledger:
         self.prices = prices or default_prices()
         """The table answers are priced from."""
         self._totals: dict[str, ModelTotals] = {}
+        # Cache hits are the hot path (one per served answer): their counts are kept in place
+        # (model -> [hits, dollars saved]) and merged into the totals on read, and their charges
+        # are remembered per (model, usage), since the same record's usage repeats on every hit.
+        self._hits: dict[str, list[float]] = {}
+        self._hit_charges: dict[tuple[Any, ...], Charge] = {}
         self._lock = threading.Lock()
 
     def charge(self, model: str | None, usage: Mapping[str, Any] | Usage | None) -> Charge:
@@ -278,14 +283,44 @@ class Ledger:
 
     def record_cache_hit(self, model: str | None, usage: Mapping[str, Any] | None) -> Charge:
         """Record an answer stratacache served: it saved what its upstream call was billed."""
-        charge = self.charge(model, usage)
-        self._update(model or "unknown", cache_hits=1, response_cache_saved=charge.billed)
+        charge = self._hit_charge(model, usage)
+        name = model or "unknown"
+        with self._lock:
+            running = self._hits.get(name)
+            if running is None:
+                if len(self._hits) >= _MAX_MODELS:
+                    name = "other"
+                running = self._hits.setdefault(name, [0, 0.0])
+            running[0] += 1
+            running[1] += charge.billed
         return charge
+
+    def _hit_charge(self, model: str | None, usage: Mapping[str, Any] | None) -> Charge:
+        try:
+            key = (model, *usage.items()) if isinstance(usage, Mapping) else (model, usage)
+            known = self._hit_charges.get(key)
+        except TypeError:  # nested (unhashable) usage: price it every time
+            return self.charge(model, usage)
+        if known is None:
+            known = self.charge(model, usage)
+            if len(self._hit_charges) >= _MAX_MODELS * 4:
+                self._hit_charges.clear()
+            self._hit_charges[key] = known
+        return known
 
     def totals(self) -> dict[str, ModelTotals]:
         """The per-model totals so far."""
         with self._lock:
-            return dict(self._totals)
+            totals = dict(self._totals)
+            hits = {name: tuple(running) for name, running in self._hits.items()}
+        for name, (count, saved) in hits.items():
+            current = totals.get(name) or ModelTotals(name)
+            totals[name] = dataclasses.replace(
+                current,
+                cache_hits=current.cache_hits + int(count),
+                response_cache_saved=current.response_cache_saved + saved,
+            )
+        return totals
 
     def snapshot(self) -> dict[str, Any]:
         """The totals as JSON-ready dicts, per model and summed, for ``GET /stats``."""
