@@ -811,10 +811,41 @@ class LLMCache:
         )
         return await self._miss(ctx, fallback)
 
-    async def invalidate_key(self, key: str) -> bool:
-        """Remove the entry stored under ``key`` (an ``X-Cache-Key`` value) from every tier."""
+    @contextlib.asynccontextmanager
+    async def _invalidation(self, forget: Callable[[], None]) -> AsyncIterator[None]:
+        """Bracket one invalidation: the epoch moves before and after it, so an answer fetched or a
+        promotion read while it ran is not stored (see ``_epoch``); ``forget`` then drops what the
+        process keeps beside the tiers (verified records, semantic vectors), even on failure."""
         self._epoch += 1
         try:
+            yield
+        finally:
+            self._epoch += 1
+            forget()
+
+    def _forget_key(self, key: str) -> None:
+        self._verified.discard(key)
+        if self.semantic is not None:
+            self.semantic.delete_key(key)
+
+    def _forget_namespace(self, namespace: str) -> None:
+        self._verified.discard_namespace(namespace)
+        if self.semantic is not None:
+            self.semantic.delete_namespace(namespace)
+
+    def _forget_tag(self, tag: str) -> None:
+        self._verified.discard_tag(tag)
+        if self.semantic is not None:
+            self.semantic.delete_tag(tag)
+
+    def _forget_all(self) -> None:
+        self._verified.clear()
+        if self.semantic is not None:
+            self.semantic.clear()
+
+    async def invalidate_key(self, key: str) -> bool:
+        """Remove the entry stored under ``key`` (an ``X-Cache-Key`` value) from every tier."""
+        async with self._invalidation(lambda: self._forget_key(key)):
             # A write still pending would land after the delete and bring the entry back.
             await self._pending.wait(key)
             deleted = await self.tiers.delete(key)
@@ -823,47 +854,24 @@ class LLMCache:
                 await self._pending.settle_current()
                 await self.tiers.delete_tag(alias_tag(key))
             return deleted
-        finally:
-            self._epoch += 1
-            self._verified.discard(key)
-            if self.semantic is not None:
-                self.semantic.delete_key(key)
 
     async def invalidate_namespace(self, namespace: str) -> int:
         """Remove every entry in ``namespace`` (of every tenant) from every tier."""
-        self._epoch += 1
-        try:
+        async with self._invalidation(lambda: self._forget_namespace(namespace)):
             await self._pending.settle_current()
             return await self.tiers.delete_namespace(namespace)
-        finally:
-            self._epoch += 1
-            self._verified.discard_namespace(namespace)
-            if self.semantic is not None:
-                self.semantic.delete_namespace(namespace)
 
     async def invalidate_tag(self, tag: str) -> int:
         """Remove every entry carrying ``tag`` from every tier."""
-        self._epoch += 1
-        try:
+        async with self._invalidation(lambda: self._forget_tag(tag)):
             await self._pending.settle_current()
             return await self.tiers.delete_tag(tag)
-        finally:
-            self._epoch += 1
-            self._verified.discard_tag(tag)
-            if self.semantic is not None:
-                self.semantic.delete_tag(tag)
 
     async def flush(self) -> None:
         """Remove every entry from every tier."""
-        self._epoch += 1
-        try:
+        async with self._invalidation(self._forget_all):
             await self._pending.settle_current()
             await self.tiers.clear()
-        finally:
-            self._epoch += 1
-            self._verified.clear()
-            if self.semantic is not None:
-                self.semantic.clear()
 
     @property
     def in_flight(self) -> int:
