@@ -8,6 +8,10 @@ script, in one run:
   fixed delay (``--upstream-latency-ms``, 50 by default) and counts its calls (``GET /calls``). It
   stands in for the provider, so a miss has a known, constant cost;
 - **ours**: ``strata serve`` in front of that upstream, with a fresh temporary ``--data-dir``;
+- **forwarder**: the floor for a proxy on our HTTP stack: a bare ASGI app on uvicorn (uvloop,
+  httptools) that forwards each request to the upstream with aiohttp, as ``strata serve`` does,
+  and caches nothing (this file, re-run with ``--serve-forwarder``). Its added latency is what
+  any Python proxy built from these parts pays for the extra hop on this machine;
 - **litellm**: LiteLLM's proxy (``litellm --config``) in front of the same upstream, with
   ``litellm_settings: cache: true`` and the in-memory ``local`` cache, started offline
   (``LITELLM_MASTER_KEY``, ``LITELLM_LOCAL_MODEL_COST_MAP=True``). It is installed in its own venv
@@ -25,9 +29,9 @@ to the server. What is measured:
    for ours; for LiteLLM, that the upstream's call counter stays still). The upstream's counter is
    read before and after every timed run: any call during a hit run is reported beside the row.
 2. **misses**: every request distinct (a per-run tag and a per-request counter in the user message,
-   so nothing is ever found or coalesced), sent to the upstream directly and through ours, at
-   concurrency 1 and 16. The added latency of a miss is proxy - direct, for p50 and for p99 (a
-   difference of percentiles, not a percentile of differences).
+   so nothing is ever found or coalesced), sent to the upstream directly, through the bare
+   forwarder and through ours, at concurrency 1 and 16. The added latency of a miss is proxy -
+   direct, for p50 and for p99 (a difference of percentiles, not a percentile of differences).
 
 Each timed run is preceded by an untimed ``--warmup`` run of the same workload. Latencies are
 wrk's (request written to response read, per request, HdrHistogram percentiles); req/s is
@@ -208,6 +212,56 @@ def serve_upstream(port: int, latency: float) -> None:
         asyncio.run(run())
     else:
         uvloop.run(run())
+
+
+def serve_forwarder(port: int, upstream_url: str) -> None:
+    """Forward every request to ``upstream_url`` and relay the answer; nothing else (a child).
+
+    The floor a Python proxy on our stack starts from: uvicorn with uvloop and httptools, one
+    keep-alive aiohttp session to the upstream, the body read whole and sent back whole.
+    """
+    import aiohttp
+    import uvicorn
+
+    session: aiohttp.ClientSession | None = None
+    forwarded = (b"authorization", b"content-type")
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal session
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            if session is not None:
+                await session.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        if session is None:
+            session = aiohttp.ClientSession()
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in forwarded}
+        url = upstream_url + scope["path"]
+        async with session.request(
+            scope["method"], url, data=b"".join(chunks), headers=headers
+        ) as reply:
+            body = await reply.read()
+            head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": reply.status, "headers": head})
+            await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
 
 
 # --- processes and HTTP --------------------------------------------------------------------------
@@ -629,6 +683,19 @@ def bench_ours(bench: Bench, workdir: Path, python: str) -> dict[str, str]:
     return check
 
 
+def bench_forwarder(bench: Bench, workdir: Path, python: str) -> None:
+    """The miss workload through the bare forwarder: the stack's own cost of a hop."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = [python, str(Path(__file__).resolve()), "--serve-forwarder", str(port)]
+    argv += ["--upstream-url", bench.upstream_url]
+    print(f"forwarder: {base}", flush=True)
+    with running(Server("forwarder", argv, log=workdir / "forwarder.log")) as server:
+        server.wait_ready(f"{base}/calls", timeout=60)
+        for concurrency in bench.settings.miss_concurrency:
+            bench.measure("forwarder", "miss", base, concurrency, pgid=server.pid)
+
+
 def litellm_config(upstream_url: str) -> dict[str, Any]:
     """LiteLLM's proxy config: one openai/ model at the upstream, the in-memory cache on."""
     return {
@@ -735,6 +802,8 @@ class Comparison:
     """LiteLLM's server CPU time per hit / ours, at concurrency 16 (None without LiteLLM)."""
     added_ms: dict[int, tuple[float, float]] = field(default_factory=dict)
     """Per miss concurrency: (p50, p99) of proxy miss - upstream direct, in ms."""
+    floor_ms: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Per miss concurrency: (p50, p99) of bare forwarder - upstream direct, in ms."""
     targets: list[tuple[str, str, bool | None]] = field(default_factory=list)
     """(target, measured, met); met None when it could not be measured."""
 
@@ -757,10 +826,14 @@ def compare(runs: Sequence[Run], settings: Settings) -> Comparison:
         else None
     )
     added: dict[int, tuple[float, float]] = {}
+    floor: dict[int, tuple[float, float]] = {}
     for c in settings.miss_concurrency:
         ours, direct = find("ours", "miss", c), find("upstream", "miss", c)
+        forwarder = find("forwarder", "miss", c)
         if ours and direct:
             added[c] = (ours.p50_ms - direct.p50_ms, ours.p99_ms - direct.p99_ms)
+        if forwarder and direct:
+            floor[c] = (forwarder.p50_ms - direct.p50_ms, forwarder.p99_ms - direct.p99_ms)
     targets: list[tuple[str, str, bool | None]] = [
         (
             "hits/s at c=16 ≥ 30 x LiteLLM's",
@@ -782,7 +855,13 @@ def compare(runs: Sequence[Run], settings: Settings) -> Comparison:
                 p50 < 1,
             )
         )
-    return Comparison(hit_ratio_c16=ratio, cpu_ratio_c16=cpu_ratio, added_ms=added, targets=targets)
+    return Comparison(
+        hit_ratio_c16=ratio,
+        cpu_ratio_c16=cpu_ratio,
+        added_ms=added,
+        floor_ms=floor,
+        targets=targets,
+    )
 
 
 def _verdict(met: bool | None) -> str:
@@ -851,6 +930,24 @@ def markdown(
             f"{direct.server_cpu_ms:.3f} | {ours.server_cpu_ms:.3f} | "
             f"{ours.errors + ours.non_2xx} | {ours.upstream_calls} |\n"
         )
+    if comparison.floor_ms:
+        out.append(
+            "\nThe same misses through the bare forwarder (uvicorn + httptools + aiohttp, no "
+            "cache): the hop's own cost on this stack and machine.\n\n"
+            "| concurrency | forwarder req/s | forwarder p50 | forwarder p99 | added p50 | added p99 "
+            "| forwarder CPU ms/req | ours added p50 - forwarder added p50 |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        )
+        for c, (p50, p99) in comparison.floor_ms.items():
+            run = next(
+                r for r in runs if (r.server, r.workload, r.concurrency) == ("forwarder", "miss", c)
+            )
+            ours_added = comparison.added_ms.get(c)
+            beyond = f"{ours_added[0] - p50:+.2f}" if ours_added is not None else "-"
+            out.append(
+                f"| {c} | {run.rps:,.1f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | {p50:+.2f} | "
+                f"{p99:+.2f} | {run.server_cpu_ms:.3f} | {beyond} |\n"
+            )
     out.append("\n## Targets (issue 3)\n\n| target | measured | verdict |\n|---|---|---|\n")
     for name, measured, met in comparison.targets:
         out.append(f"| {name} | {measured} | {_verdict(met)} |\n")
@@ -881,6 +978,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-forwarder", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-url", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -889,6 +988,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.serve_upstream is not None:
         serve_upstream(args.serve_upstream, args.upstream_latency_ms / 1000)
+        return 0
+    if args.serve_forwarder is not None:
+        serve_forwarder(args.serve_forwarder, args.upstream_url)
         return 0
     wrk_path = shutil.which("wrk")
     if wrk_path is None:
@@ -935,6 +1037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"upstream: {upstream_url}, pid {upstream.pid}", flush=True)
             bench = Bench(settings, workdir, upstream_url, upstream.pid)
             checks["ours"] = bench_ours(bench, workdir, sys.executable)
+            bench_forwarder(bench, workdir, sys.executable)
             if settings.skip_litellm:
                 notes.append("LiteLLM skipped (--no-litellm).")
             elif not (venv / "bin" / "litellm").exists():
@@ -967,6 +1070,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hit_ratio_c16": comparison.hit_ratio_c16,
             "cpu_ratio_c16": comparison.cpu_ratio_c16,
             "added_ms": {str(c): {"p50": a, "p99": b} for c, (a, b) in comparison.added_ms.items()},
+            "forwarder_added_ms": {
+                str(c): {"p50": a, "p99": b} for c, (a, b) in comparison.floor_ms.items()
+            },
             "targets": [
                 {"target": name, "measured": measured, "met": met}
                 for name, measured, met in comparison.targets

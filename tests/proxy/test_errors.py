@@ -88,6 +88,14 @@ def test_truncated_stream_is_an_error_and_not_stored(
     assert "terminal event" in caught.value.message or "broke off" in caught.value.message
     fake.truncate = None
     assert sdk.chat.completions.with_raw_response.create(**CHAT).headers["x-cache"] == "MISS"
+    # The verdict is counted after the answers have left (llm.cache.SETTLE_DELAY).
+    wait_until(
+        lambda: (
+            proxy.metric("strata_not_stored_total", reason="truncated")
+            + proxy.metric("strata_not_stored_total", reason="upstream-error")
+            >= 1
+        )
+    )
     assert (
         proxy.metric("strata_not_stored_total", reason="truncated")
         + proxy.metric("strata_not_stored_total", reason="upstream-error")

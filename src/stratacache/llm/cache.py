@@ -149,6 +149,8 @@ logger = logging.getLogger("stratacache.llm.cache")
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 
+SETTLE_DELAY = 0.005
+"""Seconds an answer's signing and storing wait after it was sent (see ``_after_replies``)."""
 _MAX_ERROR_BODY = 1 << 20  # an upstream error body longer than this is cut (it is for humans)
 _MAX_KEYS_IN_HEADER = 16  # an embeddings batch lists its item keys in X-Cache-Key up to this many
 _USAGE_STREAM_ROUTES = frozenset({Route.CHAT, Route.COMPLETIONS})
@@ -1969,15 +1971,22 @@ def _non_negative(value: Any) -> bool:
 
 
 async def _after_replies() -> None:
-    """Yield until the answers just handed to waiting clients are on the wire.
+    """Wait until the answers just handed to clients are on the wire, and a little longer.
 
-    A finished flight wakes its clients; they run in the next turn of the event loop and write their
-    replies, and the proxy's transport (``proxy.server.CoalescingTransport``) sends a turn's writes
-    at the end of the following one. Two turns, then, before signing and the tiers' writes take the
-    loop: that order is what keeps them off a miss's latency.
+    Signing an answer and writing it to the tiers is loop work (and wakes the SQLite writer
+    thread, which then competes for the GIL); none of it may delay an answer. Yielding two turns
+    of the loop is enough to get this answer out (its clients write in the next turn, and the
+    proxy's ``CoalescingTransport`` sends at the end of the one after), but not to stay out of
+    the way of the *next* request: a client that asks again as soon as it has its answer (a
+    sequential agent, a benchmark's closed loop) would find the loop signing and the writer thread
+    holding the GIL while its own request waits to be parsed and forwarded. Measured with
+    ``bench/proxy.py`` at concurrency 1, that overlap was about 1 ms of the latency a miss adds.
+    So the store waits :data:`SETTLE_DELAY`: by then the next request, if any, has reached its
+    upstream call and the loop is idle. Nothing is served stale meanwhile: a request for the same
+    key waits for this write (``PendingWrites``) rather than calling upstream.
     """
     await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await asyncio.sleep(SETTLE_DELAY)
 
 
 def _gaps(flight: Flight) -> tuple[float, ...] | None:
