@@ -176,9 +176,9 @@ def _run(
 async def _warm(settings: Any, entries: Any, concurrency: int, fetch: bool, advance: Any) -> Any:
     from stratacache.llm import warm
     from stratacache.llm.factory import build_cache
-    from stratacache.proxy.upstream import UpstreamTimeouts, make_upstream
+    from stratacache.proxy.upstream import HTTPUpstream, UpstreamTimeouts
 
-    upstream = make_upstream(
+    upstream = HTTPUpstream(
         settings.upstream,
         timeouts=UpstreamTimeouts(
             connect=settings.upstream_connect_timeout, read=settings.upstream_timeout

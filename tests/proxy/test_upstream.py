@@ -1,8 +1,7 @@
-"""Tests for stratacache.proxy.upstream: the aiohttp client, the httpx client over a transport."""
+"""Tests for stratacache.proxy.upstream: the aiohttp client to the provider."""
 
 from __future__ import annotations
 
-import random
 import socket
 from collections.abc import AsyncIterator
 
@@ -12,14 +11,7 @@ from multidict import CIMultiDict
 
 from stratacache.errors import ConfigError, UpstreamError, UpstreamTimeoutError
 from stratacache.llm.cache import Upstream
-from stratacache.proxy.simulated import SimulatedTransport
-from stratacache.proxy.upstream import (
-    HTTPUpstream,
-    HTTPXUpstream,
-    UpstreamTimeouts,
-    _joined,
-    make_upstream,
-)
+from stratacache.proxy.upstream import HTTPUpstream, UpstreamTimeouts, _joined
 
 from .fake_upstream import FakeUpstream
 
@@ -29,21 +21,18 @@ CHAT = orjson.dumps(
 JSON_HEADERS = {"content-type": "application/json", "authorization": "Bearer k"}
 
 
-def test_make_upstream_picks_aiohttp_unless_a_transport_is_injected() -> None:
+def test_the_client_is_an_upstream_built_outside_a_loop() -> None:
     # Built outside any event loop: the aiohttp session opens on the first request.
-    assert isinstance(make_upstream("http://127.0.0.1:9/v1"), HTTPUpstream)
-    transport = SimulatedTransport(latency_scale=0, rng=random.Random(0))
-    assert isinstance(make_upstream("http://x.invalid/v1", transport=transport), HTTPXUpstream)
     assert isinstance(HTTPUpstream("http://127.0.0.1:9/v1"), Upstream)
-    assert isinstance(HTTPXUpstream("http://127.0.0.1:9/v1"), Upstream)
 
 
-@pytest.mark.parametrize("cls", [HTTPUpstream, HTTPXUpstream])
-def test_options_are_checked(cls: type[HTTPUpstream] | type[HTTPXUpstream]) -> None:
+def test_options_are_checked() -> None:
     with pytest.raises(ConfigError):
-        cls("ftp://example.com")
+        HTTPUpstream("ftp://example.com")
     with pytest.raises(ConfigError):
-        cls("http://example.com", max_connections=0)
+        HTTPUpstream("http://example.com", max_connections=0)
+    with pytest.raises(ConfigError):
+        UpstreamTimeouts(read=0)
 
 
 async def test_post_reads_status_headers_and_body(fake: FakeUpstream) -> None:
@@ -143,19 +132,6 @@ async def test_a_stream_broken_off_raises_upstream_error(fake: FakeUpstream) -> 
             async for _chunk in reply.iter_bytes():
                 pass
         await reply.aclose()
-    finally:
-        await upstream.aclose()
-
-
-async def test_the_httpx_client_runs_over_an_injected_transport() -> None:
-    transport = SimulatedTransport(latency_scale=0, rng=random.Random(0))
-    upstream = make_upstream("http://simulated.invalid/v1", transport=transport)
-    try:
-        reply = await upstream.post("/chat/completions", CHAT, JSON_HEADERS)
-        assert reply.status == 200
-        assert orjson.loads(await reply.read())["object"] == "chat.completion"
-        await reply.aclose()
-        assert transport.calls == 1
     finally:
         await upstream.aclose()
 

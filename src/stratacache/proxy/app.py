@@ -20,7 +20,7 @@ chain (in-process L0, then SQLite under ``data_dir``), the signing key (created 
 upstream client, the metrics and, when the ``semantic`` extra is installed (and ``semantic`` is not
 false), the semantic layer (``stratacache.llm.semantic``): its embedder loads in a thread once the
 server has started, and exact caching serves meanwhile; its vectors are saved beside the SQLite
-file at shutdown. ``clock``, ``transport`` and ``embedder`` are injectable for tests.
+file at shutdown. ``clock`` and ``embedder`` are injectable for tests.
 """
 
 from __future__ import annotations
@@ -65,13 +65,11 @@ from stratacache.proxy.admin import admin_routes, start_event_consumer
 from stratacache.proxy.dashboard import dashboard_route
 from stratacache.proxy.headers import request_headers_for_upstream, response_headers_for_client
 from stratacache.proxy.responses import json_error
-from stratacache.proxy.upstream import ForwardingUpstream, UpstreamTimeouts, make_upstream
+from stratacache.proxy.upstream import ForwardingUpstream, HTTPUpstream, UpstreamTimeouts
 from stratacache.tiers.base import Clock
 from stratacache.tiers.chain import TierChain
 
 if TYPE_CHECKING:
-    import httpx
-
     from stratacache.semantic.base import Embedder
 
 __all__ = ["Proxy", "build_proxy", "create_app", "json_error"]
@@ -128,16 +126,13 @@ def build_proxy(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
     embedder: Embedder | None = None,
 ) -> Proxy:
     """Build the embedded stack for ``settings``: memory -> SQLite tiers, signed records, upstream,
     and the semantic layer when it is on.
 
-    ``clock`` (wall-clock seconds) drives record times and tier expiry; ``transport`` (an httpx
-    transport: an in-process upstream) replaces the network, and the upstream client is then
-    httpx's instead of aiohttp's (see :func:`~stratacache.proxy.upstream.make_upstream`);
-    ``embedder`` replaces the semantic layer's configured one.
+    ``clock`` (wall-clock seconds) drives record times and tier expiry; ``embedder`` replaces the
+    semantic layer's configured one.
     """
     import time
 
@@ -146,12 +141,11 @@ def build_proxy(
     now = clock or time.time
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tiers = build_chain(settings, clock=now)
-    upstream = make_upstream(
+    upstream = HTTPUpstream(
         settings.upstream,
         timeouts=UpstreamTimeouts(
             connect=settings.upstream_connect_timeout, read=settings.upstream_timeout
         ),
-        transport=transport,
         max_connections=settings.upstream_max_connections,
     )
     metrics = Metrics(PriceTable.default().with_overrides(settings.pricing))
@@ -183,11 +177,10 @@ def create_app(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
     embedder: Embedder | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app. Its resources are released when the server's lifespan ends."""
-    proxy = build_proxy(settings, clock=clock, transport=transport, embedder=embedder)
+    proxy = build_proxy(settings, clock=clock, embedder=embedder)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

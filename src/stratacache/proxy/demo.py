@@ -1,10 +1,10 @@
 """``strata demo``: the proxy, in-process, against a SIMULATED upstream, under a replayed workload.
 
-It starts the real proxy (the same app ``strata serve`` runs) on a free loopback port, with the
-:class:`~stratacache.proxy.simulated.SimulatedTransport` in place of the network, replays a workload
-of repeated questions (some streamed, some not, some at the same moment) over HTTP, and reports the
-hit rate, the latency of hits against misses, and the dollars the hits saved at list prices. No API
-key, no network, and every simulated answer is labelled as such.
+It starts the :class:`~stratacache.proxy.simulated.SimulatedProvider` and the real proxy (the
+same app ``strata serve`` runs, with the same HTTP client to its upstream) on free loopback ports,
+replays a workload of repeated questions (some streamed, some not, some at the same moment) over
+HTTP, and reports the hit rate, the latency of hits against misses, and the dollars the hits saved
+at list prices. No API key, no network, and every simulated answer is labelled as such.
 """
 
 from __future__ import annotations
@@ -125,33 +125,38 @@ async def _run(
 
     from stratacache.config import Settings
     from stratacache.proxy.app import create_app
-    from stratacache.proxy.simulated import SIMULATED_LABEL, SimulatedTransport
+    from stratacache.proxy.simulated import SIMULATED_LABEL, SimulatedProvider
 
     out = console or Console()
     out.print(
         f"[bold yellow]{SIMULATED_LABEL} upstream[/]: answers and latencies are synthetic "
         "(no API key, no network). The proxy, cache and store are the real ones."
     )
-    transport = SimulatedTransport(latency_scale=latency_scale, rng=random.Random(seed))
-    settings = Settings(
-        data_dir=data_dir,
-        upstream="http://simulated.invalid/v1",
-        port=0,
-        log_level="warning",
-        semantic=False,  # exact caching is what the demo shows; no model to load for it
+    provider = SimulatedProvider(latency_scale=latency_scale, rng=random.Random(seed))
+    provider_sock = _free_socket()
+    provider_server = uvicorn.Server(
+        uvicorn.Config(provider, log_level="warning", lifespan="on", access_log=False)
     )
-    app = create_app(settings, transport=transport)
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", ws="none", access_log=False)
-    )
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    providing = asyncio.ensure_future(provider_server.serve(sockets=[provider_sock]))
+    serving: asyncio.Future[None] | None = None
+    server: uvicorn.Server | None = None
     try:
-        while not server.started:
-            if serving.done():
-                serving.result()  # raises why it stopped
-            await asyncio.sleep(0.01)
+        await _started(provider_server, providing)
+        settings = Settings(
+            data_dir=data_dir,
+            upstream=f"http://127.0.0.1:{provider_sock.getsockname()[1]}/v1",
+            port=0,
+            log_level="warning",
+            semantic=False,  # exact caching is what the demo shows; no model to load for it
+        )
+        app = create_app(settings)
+        sock = _free_socket()
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="on", ws="none", access_log=False)
+        )
+        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        await _started(server, serving)
         out.print(f"proxy listening on http://127.0.0.1:{port}/v1 (data in {data_dir})")
         workload = _workload(requests, random.Random(seed))
         outcomes: Counter[str] = Counter()
@@ -193,12 +198,16 @@ async def _run(
                 await asyncio.gather(*(one(q, s) for q, s in workload))
             stats = (await http.get(f"http://127.0.0.1:{port}/stats")).json()
     finally:
-        server.should_exit = True
-        await serving
+        # The proxy first (it drains its writes), then the provider it was calling.
+        if server is not None and serving is not None:
+            server.should_exit = True
+            await serving
+        provider_server.should_exit = True
+        await providing
     result = DemoResult(
         requests=len(workload),
         outcomes=dict(outcomes),
-        upstream_calls=transport.calls,
+        upstream_calls=provider.calls,
         hit_p50_ms=_p50_ms(latency["hit"]),
         miss_p50_ms=_p50_ms(latency["miss"]),
         tokens_saved=sum(stats["tokens_served_from_cache"].values()),
@@ -206,6 +215,15 @@ async def _run(
     )
     _report(out, result)
     return result
+
+
+async def _started(server: Any, serving: asyncio.Future[None]) -> None:
+    """Return once ``server`` (a ``uvicorn.Server``) listens; raise why it stopped, if it did."""
+    while not server.started:
+        if serving.done():
+            serving.result()
+            raise RuntimeError("the server stopped before it started")
+        await asyncio.sleep(0.01)
 
 
 def _p50_ms(samples: list[float]) -> float | None:

@@ -1,11 +1,12 @@
 """A SIMULATED OpenAI-compatible upstream for ``strata demo``: no API key, no network, fake answers.
 
-:class:`SimulatedTransport` is an ``httpx`` transport that answers ``/chat/completions`` (plain and
-streamed, usage chunk included when asked), ``/embeddings`` and ``/models`` in-process, with
-latencies shaped like a real provider's: a time to first token of a few hundred milliseconds, then a
-steady trickle of chunks. Every answer says it is simulated. It exists so a new user can watch the
-cache work before pointing it at a real provider; it is not a test double (the tests use their own
-fake server) and nothing else in stratacache uses it.
+:class:`SimulatedProvider` is a plain ASGI app that answers ``/chat/completions`` (plain and
+streamed, usage chunk included when asked), ``/embeddings`` and ``/models``, with latencies shaped
+like a real provider's: a time to first token of a few hundred milliseconds, then a steady trickle
+of chunks. Every answer says it is simulated. The demo serves it on a loopback port and points the
+proxy at it, so the demo's misses go through the same HTTP client as production's. It exists so a
+new user can watch the cache work before pointing it at a real provider; it is not a test double
+(the tests use their own fake server) and nothing else in stratacache uses it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import json
 import random
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httpx
-
-__all__ = ["SIMULATED_LABEL", "SimulatedTransport"]
+__all__ = ["SIMULATED_LABEL", "SimulatedProvider"]
 
 SIMULATED_LABEL = "SIMULATED"
 """Printed wherever the simulated upstream's output is shown."""
@@ -38,25 +37,31 @@ _SENTENCES = (
 )
 
 
-class _Paced(httpx.AsyncByteStream):
-    """A response body produced piece by piece, with a pause before each piece."""
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _Answer:
+    """One answer: a status and a body sent in pieces, each after its pause."""
+
+    __slots__ = ("content_type", "delays", "pieces", "status")
 
     def __init__(
-        self, pieces: list[bytes], delays: list[float], sleep: Callable[[float], Awaitable[None]]
+        self,
+        status: int,
+        pieces: list[bytes],
+        delays: list[float] | None = None,
+        content_type: str = "application/json",
     ) -> None:
-        self._pieces = pieces
-        self._delays = delays
-        self._sleep = sleep
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece, delay in zip(self._pieces, self._delays, strict=True):
-            if delay > 0:
-                await self._sleep(delay)
-            yield piece
+        self.status = status
+        self.pieces = pieces
+        self.delays = delays or [0.0] * len(pieces)
+        self.content_type = content_type
 
 
-class SimulatedTransport(httpx.AsyncBaseTransport):
-    """An in-process SIMULATED provider with realistic latency.
+class SimulatedProvider:
+    """A SIMULATED provider with realistic latency, as an ASGI app.
 
     :param latency_scale: multiplies every delay (0: instant, for scripted runs).
     :param first_token_s: mean time to the first token (or to a plain answer's start).
@@ -84,25 +89,55 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
         self.calls = 0
         """How many requests reached the simulated provider."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection scope (HTTP; lifespan is acknowledged)."""
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        answer = await self.answer(scope["method"], scope["path"], b"".join(chunks))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [(b"content-type", answer.content_type.encode())],
+            }
+        )
+        for piece, delay in zip(answer.pieces, answer.delays, strict=True):
+            if delay > 0:
+                await self._sleep(delay)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def answer(self, method: str, path: str, raw: bytes) -> _Answer:
         """Answer one request as a provider would (after a realistic wait)."""
         self.calls += 1
-        path = request.url.path.rstrip("/")
+        path = path.rstrip("/")
         body: dict[str, Any] = {}
-        if request.method == "POST":
-            raw = await request.aread()
+        if method == "POST":
             try:
                 body = json.loads(raw) if raw else {}
             except ValueError:
                 return _error(400, "the SIMULATED upstream got invalid JSON")
-        if path.endswith("/chat/completions") and request.method == "POST":
+            if not isinstance(body, dict):
+                return _error(400, "the SIMULATED upstream wants a JSON object")
+        if path.endswith("/chat/completions") and method == "POST":
             return await self._chat(body)
-        if path.endswith("/embeddings") and request.method == "POST":
+        if path.endswith("/embeddings") and method == "POST":
             await self._wait(self._first * 0.4)
             return _json(200, _embeddings(body))
         if path.endswith("/models"):
             return _json(200, {"object": "list", "data": [_model("gpt-4o-mini")]})
-        return _error(404, f"the SIMULATED upstream does not serve {request.method} {path}")
+        return _error(404, f"the SIMULATED upstream does not serve {method} {path}")
 
     async def _wait(self, mean: float) -> None:
         delay = self._delay(mean)
@@ -112,7 +147,7 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
     def _delay(self, mean: float) -> float:
         return self._scale * mean * self._rng.uniform(0.7, 1.3)
 
-    async def _chat(self, body: dict[str, Any]) -> httpx.Response:
+    async def _chat(self, body: dict[str, Any]) -> _Answer:
         messages = body.get("messages") or []
         prompt = json.dumps(messages)
         digest = hashlib.sha256(prompt.encode()).digest()
@@ -166,11 +201,7 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
             )
         pieces = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
         delays = [self._delay(self._first)] + [self._delay(self._per_chunk) for _ in pieces[1:]]
-        return httpx.Response(
-            200,
-            headers={"content-type": "text/event-stream"},
-            stream=_Paced(pieces, delays, self._sleep),
-        )
+        return _Answer(200, pieces, delays, content_type="text/event-stream")
 
 
 def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
@@ -194,11 +225,9 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "simulated"}
 
 
-def _json(status: int, payload: Any) -> httpx.Response:
-    return httpx.Response(
-        status, content=json.dumps(payload).encode(), headers={"content-type": "application/json"}
-    )
+def _json(status: int, payload: Any) -> _Answer:
+    return _Answer(status, [json.dumps(payload).encode()])
 
 
-def _error(status: int, message: str) -> httpx.Response:
+def _error(status: int, message: str) -> _Answer:
     return _json(status, {"error": {"message": message, "type": "simulated", "code": status}})

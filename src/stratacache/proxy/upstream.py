@@ -1,19 +1,16 @@
-"""The upstream provider over HTTP: the only place the HTTP client libraries are seen.
+"""The upstream provider over HTTP: the only place the HTTP client library is seen.
 
-Two clients implement :class:`stratacache.llm.cache.Upstream` (what the cache calls on a miss) and
-add ``forward`` for the requests the proxy passes through untouched:
+:class:`HTTPUpstream`, on one pooled ``aiohttp`` session, implements
+:class:`stratacache.llm.cache.Upstream` (what the cache calls on a miss) and adds ``forward`` for
+the requests the proxy passes through untouched. aiohttp was chosen by measured overhead: a POST and
+its response cost 0.10-0.16 ms of client CPU through aiohttp against 0.57-0.77 ms through httpx
+(whose anyio and httpcore layers were 38 % of a miss's CPU). There is one client and no injected
+transport: the tests and ``strata demo`` serve their upstreams on loopback ports, so every path
+through here is the one production takes.
 
-* :class:`HTTPUpstream`, on one pooled ``aiohttp`` session: what ``strata serve`` uses. It was chosen
-  by measured overhead: a POST and its response cost 0.10-0.16 ms of client CPU through aiohttp
-  against 0.57-0.77 ms through httpx (whose anyio and httpcore layers were 38 % of a miss's CPU).
-* :class:`HTTPXUpstream`, on one pooled ``httpx.AsyncClient``: used when an httpx *transport* is
-  injected, so tests and the demo can put an in-process upstream (``proxy.simulated``) behind a
-  real client, with the same pooling, timeouts and error translation as production.
-
-:func:`make_upstream` picks between them. Every client library exception, whether raised while
-connecting or halfway through a streamed body, is translated here, once, into
-:class:`~stratacache.errors.UpstreamTimeoutError` or :class:`~stratacache.errors.UpstreamError`;
-nothing above this module imports aiohttp or httpx.
+Every client library exception, whether raised while connecting or halfway through a streamed body,
+is translated here, once, into :class:`~stratacache.errors.UpstreamTimeoutError` or
+:class:`~stratacache.errors.UpstreamError`; nothing above this module imports aiohttp.
 """
 
 from __future__ import annotations
@@ -26,17 +23,13 @@ from stratacache.errors import ConfigError, MissingExtraError, UpstreamError, Up
 
 if TYPE_CHECKING:
     import aiohttp
-    import httpx
 
 __all__ = [
     "AiohttpReply",
     "ForwardingUpstream",
-    "HTTPReply",
     "HTTPUpstream",
-    "HTTPXUpstream",
     "UpstreamResponse",
     "UpstreamTimeouts",
-    "make_upstream",
 ]
 
 
@@ -48,14 +41,6 @@ def _aiohttp() -> Any:
     return aiohttp
 
 
-def _httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:  # pragma: no cover - httpx is installed wherever tests run
-        raise MissingExtraError("httpx", "proxy") from exc
-    return httpx
-
-
 @dataclass(frozen=True, slots=True)
 class UpstreamTimeouts:
     """How long to wait for the provider, in seconds."""
@@ -64,13 +49,11 @@ class UpstreamTimeouts:
     """To open a connection."""
     read: float = 600.0
     """Between two reads of the response; a non-streamed completion can think for minutes."""
-    write: float = 60.0
-    """Between two writes of the request (httpx only: aiohttp has no write timeout)."""
     pool: float = 10.0
     """For a free connection from the pool."""
 
     def __post_init__(self) -> None:
-        for name in ("connect", "read", "write", "pool"):
+        for name in ("connect", "read", "pool"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"upstream {name} timeout must be a number of seconds > 0")
@@ -131,21 +114,6 @@ class ForwardingUpstream(Protocol):
     async def aclose(self) -> None:
         """Close every pooled connection."""
         ...
-
-
-def make_upstream(
-    base_url: str,
-    *,
-    timeouts: UpstreamTimeouts | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    max_connections: int = 256,
-) -> HTTPUpstream | HTTPXUpstream:
-    """The upstream client for ``base_url``: aiohttp, or httpx over ``transport`` when one is given."""
-    if transport is not None:
-        return HTTPXUpstream(
-            base_url, timeouts=timeouts, transport=transport, max_connections=max_connections
-        )
-    return HTTPUpstream(base_url, timeouts=timeouts, max_connections=max_connections)
 
 
 def _check_options(base_url: str, max_connections: int) -> str:
@@ -223,7 +191,8 @@ class AiohttpReply:
 
 
 def _joined(headers: Any) -> Mapping[str, str]:
-    """``headers`` with a repeated name's values joined by ``, `` (as httpx presents them)."""
+    """``headers`` with a repeated name's values joined by ``, `` (one value per name, as the
+    cache's records and the client's response keep them)."""
     if len(headers) == len(set(map(str.lower, headers.keys()))):
         # The common case: no name repeats, the multidict already is the mapping we want.
         return headers  # type: ignore[no-any-return]
@@ -356,146 +325,3 @@ class HTTPUpstream:
 
 
 _SKIP_CONTENT_TYPE = ("Content-Type",)
-
-
-# --- httpx (an injected transport) ---------------------------------------------------------------
-
-
-class HTTPReply:
-    """An upstream response from :class:`HTTPXUpstream` whose body has not been read yet.
-
-    The body is read once, with :meth:`iter_bytes` (decoded, for the cache), :meth:`iter_raw` (as
-    sent, for a passthrough) or :meth:`read`; :meth:`aclose` returns the connection to the pool and
-    is safe to call more than once.
-    """
-
-    __slots__ = ("_response",)
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-
-    @property
-    def status(self) -> int:
-        """The HTTP status code."""
-        return int(self._response.status_code)
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The response headers (case-insensitive look-ups)."""
-        headers: Mapping[str, str] = self._response.headers
-        return headers
-
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        """Yield the decoded body as it arrives."""
-        async for chunk in _translated(self._response.aiter_bytes()):
-            yield chunk
-
-    async def iter_raw(self) -> AsyncIterator[bytes]:
-        """Yield the body exactly as the provider sent it (still compressed, if it was)."""
-        httpx = _httpx()
-        try:
-            # An in-process transport may hand back a response built from bytes, which httpx
-            # has already read: there is no raw stream left, only the content.
-            content = self._response.content
-        except httpx.ResponseNotRead:
-            async for chunk in _translated(self._response.aiter_raw()):
-                yield chunk
-        else:
-            if content:
-                yield content
-
-    async def read(self) -> bytes:
-        """Read the whole decoded body."""
-        parts = [chunk async for chunk in self.iter_bytes()]
-        return b"".join(parts)
-
-    async def aclose(self) -> None:
-        """Release the connection."""
-        await self._response.aclose()
-
-
-class HTTPXUpstream:
-    """An OpenAI-compatible provider at ``base_url`` over one pooled ``httpx.AsyncClient``.
-
-    ``transport`` replaces the network (an in-process upstream, for the demo and tests); paths
-    are relative to ``base_url`` as for :class:`HTTPUpstream`.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeouts: UpstreamTimeouts | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int = 256,
-    ) -> None:
-        httpx = _httpx()
-        self.base_url = _check_options(base_url, max_connections)
-        t = timeouts or UpstreamTimeouts()
-        self._client: Any = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,
-        )
-
-    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> HTTPReply:
-        """POST a JSON ``body`` to ``path``; return as soon as the response headers arrive."""
-        return await self._send("POST", path, headers=headers, content=body, query="")
-
-    async def forward(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: str,
-        headers: Mapping[str, str],
-        body: AsyncIterable[bytes] | bytes | None,
-    ) -> HTTPReply:
-        """Send any request through untouched, streaming its body both ways."""
-        return await self._send(method, path, headers=headers, content=body, query=query)
-
-    async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._client.aclose()
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: Mapping[str, str],
-        content: AsyncIterable[bytes] | bytes | None,
-        query: str,
-    ) -> HTTPReply:
-        httpx = _httpx()
-        url = path if not query else f"{path}?{query}"
-        try:
-            request = self._client.build_request(
-                method, url, headers=dict(headers), content=content
-            )
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"the upstream did not answer in time ({exc!r})") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"the upstream request failed: {exc!r}") from exc
-        except httpx.InvalidURL as exc:
-            raise UpstreamError(f"invalid upstream URL for {path!r}: {exc}") from exc
-        return HTTPReply(response)
-
-
-async def _translated(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    httpx = _httpx()
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeoutError(f"the upstream stopped sending ({exc!r})") from exc
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"the upstream response broke off: {exc!r}") from exc
-    except httpx.StreamError as exc:
-        raise UpstreamError(f"the upstream response could not be read: {exc!r}") from exc
