@@ -182,3 +182,38 @@ async def test_many_tasks_at_once_and_an_unreachable_cluster(
             await dead.get("k")
     finally:
         await dead.close()
+
+
+async def test_a_connection_dropped_under_a_call_is_tried_once_more(
+    redis_cluster: RedisCluster, clock: FakeClock
+) -> None:
+    from stratacache.errors import TierUnavailableError
+
+    redis_cluster.flushall()
+    # The breaker would open on the one failure below; this test is about the retry.
+    tier = RedisTier(redis_cluster.url, clock=clock, socket_timeout=_DEADLINE, breaker_threshold=5)
+    client = tier._client
+    real = client.execute_command
+    drops: list[int] = []  # how many of the next commands find their connection closed
+
+    async def dropping(*args: object, **kwargs: object) -> object:
+        if drops and drops[0] > 0:
+            drops[0] -= 1
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return await real(*args, **kwargs)
+
+    client.execute_command = dropping  # what the tier's scripts and reads call
+    try:
+        drops[:] = [1]
+        assert await tier.set("k", TierEntry(b"v", tags=frozenset({"t"})))
+        drops[:] = [1]
+        found = await tier.get("k")
+        assert found is not None
+        assert found.value == b"v"
+        drops[:] = [2]  # twice in a row: the tier is unavailable for this call, and says so
+        with pytest.raises(TierUnavailableError):
+            await tier.get("k")
+        drops[:] = []
+        assert (await tier.get("k")) is not None
+    finally:
+        await tier.close()

@@ -487,7 +487,15 @@ class RedisTier:
                 result = await func(*args, **kwargs)
             else:
                 async with asyncio.timeout(self._deadline * budget):
-                    result = await func(*args, **kwargs)
+                    try:
+                        result = await func(*args, **kwargs)
+                    except errors.ConnectionError:
+                        # redis-py 8.1's cluster client, when a command fails on one node, closes
+                        # connections other commands are reading from (seen with 100 concurrent
+                        # tasks: "Connection closed by server" once its own retries were spent).
+                        # Every call this tier makes is idempotent: once more, within the same
+                        # deadline, before the breaker counts a failure.
+                        result = await func(*args, **kwargs)
         except (
             errors.ConnectionError,
             errors.TimeoutError,
