@@ -42,9 +42,12 @@ async def test_the_chain_the_settings_name(
     built = build_chain(settings, clock=clock)
     try:
         assert tuple(tier.name for tier in built.tiers) == expected
-        # An L0 in front of Redis follows the other instances' invalidations.
-        l0 = CoherentTier if redis else MemoryTier
-        kinds = {"memory": l0, "sqlite": SQLiteTier, "redis": RedisTier}
+        # The instance's own tiers follow the other instances' invalidations when Redis is there.
+        kinds: dict[str, type] = {
+            "memory": CoherentTier if redis else MemoryTier,
+            "sqlite": CoherentTier if redis else SQLiteTier,
+            "redis": RedisTier,
+        }
         for tier in built.tiers:
             assert isinstance(tier, kinds[tier.name])
         stored = TierEntry(b"v", clock() + 10)

@@ -651,13 +651,18 @@ class LLMCache:
         self._max_event_bytes = max_event_bytes
         self._verified = _VerifiedRecords(verified_entries, verified_bytes)
         self._flights: dict[str, Flight] = {}
-        self._item_flights: dict[str, asyncio.Future[_Item]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Embedding items being fetched, with the generation their call started under.
+        self._item_flights: dict[
+            str, tuple[asyncio.Future[_Item], int | None, tuple[int, ...]]
+        ] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._pending = PendingWrites()
         # Bumped when every invalidation starts and again when it ends: a write whose answer was
         # read or fetched under an older epoch may predate an invalidation, and is not stored
-        # (it would bring back what was invalidated). See _promote and _settle.
+        # (it would bring back what was invalidated); nor is one read while an invalidation runs
+        # (_invalidating > 0). See _generation, _promote and _settle.
         self._epoch = 0
+        self._invalidating = 0
         self._closed = False
         if semantic is not None and not isinstance(semantic, SemanticLayer):
             raise ConfigError("semantic must be a SemanticLayer (see llm.semantic.semantic_layer)")
@@ -665,7 +670,7 @@ class LLMCache:
         """The semantic layer, if paraphrases are answered (or observed, in shadow mode)."""
         self._sleep = sleep
         self._semantic_lookups: dict[
-            tuple[str, float | None], asyncio.Future[tuple[_Found, float] | None]
+            tuple[str, float | None, float | None, int], asyncio.Future[tuple[_Found, float] | None]
         ] = {}
 
     # --- entry points ----------------------------------------------------------------------------
@@ -710,9 +715,12 @@ class LLMCache:
         decision = decide(route, body, directives, policy.mode)
 
         fallback: _Found | None = None
+        # A stale fallback is served only if no invalidation ran since it was read: see _miss.
+        fallback_read, fallback_heard = self._generation(), self.tiers.mark()
         if decision.lookup:
             if key.storage_key in self._pending:
                 await self._pending.wait(key.storage_key)
+                fallback_read, fallback_heard = self._generation(), self.tiers.mark()
             found = await self._find(key, directives, policy)
             if found is not None and found.freshness is _Freshness.FRESH:
                 return self._serve_record(
@@ -747,7 +755,8 @@ class LLMCache:
         semantic_text: str | None = None
         shadow: Candidate | None = None
         layer = self.semantic
-        epoch = self._epoch  # before the semantic read: see _write_alias
+        epoch = self._generation()  # before the semantic read: see _promote
+        heard = self.tiers.mark()
         if (
             layer is not None
             and layer.ready
@@ -763,13 +772,15 @@ class LLMCache:
                     shadow = await self._shadow_lookup(layer, route, key, text)
                 elif decision.lookup:
                     similar = await self._semantic_once(
-                        layer, route, key, text, directives=directives, policy=policy
+                        layer, route, key, text, directives=directives, policy=policy, epoch=epoch
                     )
                     if similar is not None:
                         found, score = similar
                         if decision.store:  # no-store: not even an alias under this key
                             ttl = directives.ttl if directives.ttl is not None else policy.ttl
-                            self._promote(key, found.record, score, policy, ttl=ttl, epoch=epoch)
+                            self._promote(
+                                key, found.record, score, policy, ttl=ttl, epoch=epoch, heard=heard
+                            )
                         layer.count("served")
                         return self._serve_record(
                             route,
@@ -811,7 +822,7 @@ class LLMCache:
             semantic_text=semantic_text,
             shadow=shadow,
         )
-        return await self._miss(ctx, fallback)
+        return await self._miss(ctx, fallback, (fallback_read, fallback_heard))
 
     @contextlib.asynccontextmanager
     async def _invalidation(self, forget: Callable[[], None]) -> AsyncIterator[None]:
@@ -819,11 +830,33 @@ class LLMCache:
         promotion read while it ran is not stored (see ``_epoch``); ``forget`` then drops what the
         process keeps beside the tiers (verified records, semantic vectors), even on failure."""
         self._epoch += 1
+        self._invalidating += 1
         try:
             yield
         finally:
+            self._invalidating -= 1
             self._epoch += 1
             forget()
+
+    def _generation(self) -> int | None:
+        """The invalidation epoch, or ``None`` while an invalidation runs.
+
+        What is read or fetched under generation ``g`` may be stored (promoted, joined, served as
+        a fallback) only while the generation is still ``g``: an invalidation that started since
+        may have removed it. ``None`` matches nothing, not even itself: what is read while an
+        invalidation runs may be what it is removing, whichever tier it has reached.
+        """
+        return None if self._invalidating else self._epoch
+
+    def _unchanged(self, generation: int | None) -> bool:
+        """Whether no invalidation ran here since ``generation`` was read (see
+        :meth:`_generation`)."""
+        return generation is not None and generation == self._generation()
+
+    def _still(self, generation: int | None, heard: tuple[int, ...]) -> bool:
+        """:meth:`_unchanged`, and no other instance's invalidation heard since ``heard`` (a
+        ``TierChain.mark``) either: what may still be *served* or *joined* from then."""
+        return self._unchanged(generation) and heard == self.tiers.mark()
 
     def _forget_key(self, key: str) -> None:
         self._verified.discard(key)
@@ -1039,11 +1072,22 @@ class LLMCache:
         *,
         directives: Directives,
         policy: RoutePolicy,
+        epoch: int | None,
     ) -> tuple[_Found, float] | None:
         """:meth:`_semantic_find`, shared by identical requests arriving together: the first
         embeds and searches, the others wait for its answer (then coalesce on one upstream call
-        if it found nothing)."""
-        token = (key.storage_key, directives.max_age)
+        if it found nothing).
+
+        Shared only by requests that would accept the same answers (the same key, max-age and
+        TTL) and arrived under the same invalidation generation: a lookup begun before an
+        invalidation may find what it removed, and one begun during it is not shared at all.
+        """
+        ttl = directives.ttl if directives.ttl is not None else policy.ttl
+        if epoch is None:
+            return await self._semantic_find(
+                layer, route, key, text, directives=directives, policy=policy
+            )
+        token = (key.storage_key, directives.max_age, ttl, epoch)
         shared = self._semantic_lookups.get(token)
         if shared is not None:
             return await asyncio.shield(shared)
@@ -1130,23 +1174,24 @@ class LLMCache:
         policy: RoutePolicy,
         *,
         ttl: float | None,
-        epoch: int,
+        epoch: int | None,
+        heard: tuple[int, ...],
     ) -> None:
         """Write-behind: an alias of ``record`` under the paraphrase's exact key, re-signed, into
         the faster tiers, so the same paraphrase next time is an exact hit.
 
         ``ttl``: the paraphrase's own resolved TTL (directive, else its policy's), which caps the
-        alias's expiry; ``epoch``: the invalidation epoch read before the semantic lookup.
+        alias's expiry; ``epoch``: the invalidation generation read before the semantic lookup.
         """
         if key.storage_key in self._pending:
             return
-        if self._epoch != epoch:
-            # An invalidation ran while the original was being read: it may be the one that
-            # removed it (its alias tag deleted before this alias existed). Not promoted. One that
-            # starts after this point waits for the pending alias write, then deletes it.
+        if not self._still(epoch, heard):
+            # An invalidation ran (or runs) while the original was being read: it may be the one
+            # that removes it (its alias tag deleted before this alias existed). Not promoted.
             return
         self._pending.schedule(
-            (key.storage_key,), self._write_alias(key, record, score, policy, ttl)
+            (key.storage_key,),
+            self._write_alias(key, record, score, policy, ttl=ttl, epoch=epoch, heard=heard),
         )
 
     async def _write_alias(
@@ -1155,11 +1200,16 @@ class LLMCache:
         record: Record,
         score: float,
         policy: RoutePolicy,
+        *,
         ttl: float | None,
+        epoch: int | None,
+        heard: tuple[int, ...],
     ) -> None:
         layer = self.semantic
         try:
             await _after_replies()
+            if not self._still(epoch, heard):
+                return  # an invalidation began during the settle delay: see _promote
             expires_at = record.expires_at
             if ttl is not None:
                 # The paraphrase's TTL rule holds for its alias too. The alias keeps the original's
@@ -1263,9 +1313,25 @@ class LLMCache:
 
     # --- misses ----------------------------------------------------------------------------------
 
-    async def _miss(self, ctx: _Context, fallback: _Found | None) -> LLMResponse:
+    async def _miss(
+        self,
+        ctx: _Context,
+        fallback: _Found | None,
+        fallback_read: tuple[int | None, tuple[int, ...]],
+    ) -> LLMResponse:
+        """Answer from upstream: join the identical call in flight, or make one.
+
+        A call launched before an invalidation (or during one) is not joined: its answer may be
+        what the invalidation announced was out of date, which is why it will not be stored
+        either (see :meth:`_settle_after_replies`). This request makes its own call, which takes
+        the old one's place in the table. Likewise the stale ``fallback`` (stale-if-error) is
+        served only if no invalidation ran since it was read (``fallback_read``). Invalidations
+        heard from other instances count for both.
+        """
         storage = _flight_key(ctx.key)
         flight = self._flights.get(storage) if ctx.decision.lookup else None
+        if flight is not None and not self._still(flight.generation, flight.heard):
+            flight = None
         if flight is not None:
             outcome = CacheStatus.COALESCED
             flight.followers += 1
@@ -1280,7 +1346,7 @@ class LLMCache:
         handed_over = False
         try:
             await flight.wait_started()
-            if flight.failed and fallback is not None:
+            if flight.failed and fallback is not None and self._still(*fallback_read):
                 return self._serve_record(
                     ctx.route,
                     found=fallback,
@@ -1397,6 +1463,8 @@ class LLMCache:
     def _launch(self, ctx: _Context, *, register: bool, detached: bool = False) -> Flight:
         storage = _flight_key(ctx.key)
         flight = Flight(storage, store=ctx.decision.store, detached=detached)
+        flight.generation = self._generation()  # the answer is fetched from here on
+        flight.heard = self.tiers.mark()
         flight.controls = ctx if ctx.decision.store else None
         if register:
             self._flights[storage] = flight
@@ -1408,7 +1476,6 @@ class LLMCache:
 
     async def _fly(self, flight: Flight, ctx: _Context) -> None:
         try:
-            epoch = self._epoch  # the answer is fetched from here on: see _settle
             await self._fetch(flight, ctx)
             # Registered before the flight leaves the table below (no await in between), so a
             # request for this key finds either the flight or the pending write. Under the
@@ -1417,11 +1484,12 @@ class LLMCache:
             keys = (ctx.key.storage_key,) if flight.store and _may_store(flight) else ()
             # The record is dated when the answer arrived, not when the write gets its turn.
             answered = self._clock()
-            # An invalidation that ran (even in part) while the answer was being fetched may
-            # predate it: storing it would bring back what was invalidated. Decided here, when
-            # the write is scheduled: an invalidation starting later waits for this write and
-            # deletes after it.
-            invalidated = self._epoch != epoch
+            # An invalidation here that ran (even in part) while the answer was being fetched may
+            # predate it: storing it would bring back what was invalidated. Decided now, when the
+            # write is scheduled: one starting later waits for this write and deletes after it
+            # (PendingWrites.settle_current). Other instances' invalidations cannot wait for it:
+            # the write itself checks those, when it is made (TierChain.set's ``since``).
+            invalidated = not self._unchanged(flight.generation)
             self._pending.schedule(
                 keys, self._settle_after_replies(flight, ctx, answered, invalidated)
             )
@@ -1513,7 +1581,8 @@ class LLMCache:
     ) -> None:
         """After a flight: count what followers saved, and store the answer if it may be.
 
-        ``invalidated``: an invalidation ran while the upstream call was in flight (see _fly)."""
+        ``invalidated``: an invalidation ran here while the upstream call was in flight (see
+        :meth:`_fly`)."""
         if flight.error is not None or flight.status is None or not 200 <= flight.status < 300:
             if flight.store:
                 self._observer.not_stored(ctx.route.value, "upstream-error")
@@ -1573,6 +1642,7 @@ class LLMCache:
             chunks=tuple(flight.events) if flight.sse else None,
             now=answered,
             gaps=_gaps(flight) if flight.sse else None,
+            since=flight.heard,
         )
         if record is not None:
             await self._index_answer(store_ctx, record)
@@ -1590,8 +1660,13 @@ class LLMCache:
         chunks: tuple[bytes, ...] | None,
         now: float | None = None,
         gaps: tuple[float, ...] | None = None,
+        since: tuple[int, ...] | None = None,
     ) -> Record | None:
-        """Sign and store an answer; the record if a tier kept it, else ``None`` (counted)."""
+        """Sign and store an answer; the record if a tier kept it, else ``None`` (counted).
+
+        ``since``: the ``TierChain.mark`` taken when the answer's upstream call started, so that
+        an invalidation another instance made since, if it concerns this answer, stops the write.
+        """
         if now is None:
             now = self._clock()
         ttl = directives.ttl if directives.ttl is not None else policy.ttl
@@ -1618,7 +1693,7 @@ class LLMCache:
             namespace=key.namespace,
         )
         try:
-            stored = await self.tiers.set(key.storage_key, entry)
+            stored = await self.tiers.set(key.storage_key, entry, since=since)
         except TierError as exc:
             self._verified.discard(key.storage_key)
             logger.warning("could not store an answer: %s", exc)
@@ -1732,22 +1807,29 @@ class LLMCache:
             if storage in results:
                 continue
             pending = self._item_flights.get(storage) if decision.lookup else None
-            if pending is not None:
-                waits[storage] = pending
-            else:
+            if pending is not None and self._still(pending[1], pending[2]):
+                waits[storage] = pending[0]
+            else:  # nobody fetches it, or the call began before an invalidation: see _miss
                 own.append(storage)
         upstream_headers: Mapping[str, str] = {}
         if own:
-            fetched = await self._fetch_items(
-                request,
-                body=body,
-                unique=unique,
-                own=own,
-                directives=directives,
-                policy=policy,
-                decision=decision,
-                headers=headers,
+            # In a task of its own, as a completion's flight: the requests waiting for these
+            # items must not lose them when this client leaves (or its caller times out).
+            fetching = asyncio.get_running_loop().create_task(
+                self._fetch_items(
+                    request,
+                    body=body,
+                    unique=unique,
+                    own=own,
+                    directives=directives,
+                    policy=policy,
+                    decision=decision,
+                    headers=headers,
+                )
             )
+            self._tasks.add(fetching)
+            fetching.add_done_callback(self._tasks.discard)
+            fetched = await asyncio.shield(fetching)
             if isinstance(fetched, LLMResponse):
                 self._observer.request_served(route.value, "miss", None, self._timer() - started)
                 return fetched
@@ -1817,11 +1899,13 @@ class LLMCache:
     ) -> tuple[dict[str, _Item], Mapping[str, str]] | LLMResponse:
         """Fetch the items nobody has in cache or in flight, in one upstream call; store them."""
         loop = asyncio.get_running_loop()
+        generation = self._generation()  # the answer is fetched from here on: see _write_items
+        heard = self.tiers.mark()
         futures: dict[str, asyncio.Future[_Item]] = {}
         for storage in own:
             future: asyncio.Future[_Item] = loop.create_future()
             futures[storage] = future
-            self._item_flights[storage] = future
+            self._item_flights[storage] = (future, generation, heard)
         try:
             # The client's own bytes go up when they ask for exactly these items in this order.
             everything = len(own) == len(_embedding_items(body.get("input")))
@@ -1854,7 +1938,15 @@ class LLMCache:
                 writes = [(unique[s][0], fetched[s]) for s in sent]
                 self._pending.schedule(
                     tuple(sent),
-                    self._write_items(writes, model, policy, directives, self._clock()),
+                    self._write_items(
+                        writes,
+                        model,
+                        policy,
+                        directives,
+                        answered=self._clock(),
+                        invalidated=not self._unchanged(generation),
+                        heard=heard,
+                    ),
                 )
             return fetched, upstream_headers
         finally:
@@ -1870,7 +1962,8 @@ class LLMCache:
                         )
                     )
                     future.exception()
-                if self._item_flights.get(storage) is future:
+                flying = self._item_flights.get(storage)
+                if flying is not None and flying[0] is future:
                     del self._item_flights[storage]
 
     async def _write_items(
@@ -1879,11 +1972,22 @@ class LLMCache:
         model: str,
         policy: RoutePolicy,
         directives: Directives,
+        *,
         answered: float,
+        invalidated: bool,
+        heard: tuple[int, ...],
     ) -> None:
-        """Store fetched embeddings once the answer is on its way; failures are counted."""
+        """Store fetched embeddings once the answer is on its way; failures are counted.
+
+        Not stored if an invalidation ran here during the upstream call (``invalidated``) or, as
+        the write finds out, one made by another instance since it started concerns an item
+        (``heard``): as for a completion (see :meth:`_fly`), the answer may predate it.
+        """
         try:
             await _after_replies()
+            if invalidated:
+                self._observer.not_stored(Route.EMBEDDINGS.value, "invalidated")
+                return
             for key, result in items:
                 await self._write(
                     key,
@@ -1895,6 +1999,7 @@ class LLMCache:
                     body=_orjson().dumps(result.embedding),
                     chunks=None,
                     now=answered,
+                    since=heard,
                 )
         except Exception:
             logger.exception("could not store embeddings")

@@ -52,7 +52,9 @@ class Flight:
         "events",
         "followers",
         "frames",
+        "generation",
         "headers",
+        "heard",
         "key",
         "sent_at",
         "sse",
@@ -99,6 +101,13 @@ class Flight:
         """Clients reading the flight right now."""
         self.followers = 0
         """Clients that joined after the first (for the coalescing counters)."""
+        self.generation: int | None = None
+        """The cache's invalidation generation when the call started (``LLMCache._generation``):
+        the call may be joined, and its answer stored, only while it is unchanged."""
+        self.heard: tuple[int, ...] = ()
+        """Where the tiers that hear other instances' invalidations stood when the call started
+        (``TierChain.mark``): the answer is stored only if none heard since concerns it, and the
+        call is joined only while none was heard at all."""
         self.task: asyncio.Task[None] | None = None
         """The task running the call."""
         self.controls: Any = None

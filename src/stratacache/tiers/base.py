@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "Tier", "TierEntry", "driven_by_hand"]
+__all__ = ["Clock", "StaleWriteGuard", "Tier", "TierEntry", "driven_by_hand"]
 
 driven_by_hand: ContextVar[bool] = ContextVar("stratacache_driven_by_hand", default=False)
 """True while a synchronous caller drives a tier's coroutine to completion by hand, without awaiting
@@ -83,4 +83,25 @@ class Tier(Protocol):
 
     async def close(self) -> None:
         """Release connections and files. The tier is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class StaleWriteGuard(Protocol):
+    """A tier that can tell a write would bring back what another instance invalidated.
+
+    :class:`~stratacache.tiers.coherence.CoherentTier` is one: it hears the other instances'
+    invalidations and keeps the recent ones. A writer takes a :meth:`mark` before it reads or
+    fetches what it will write; :class:`~stratacache.tiers.chain.TierChain` then asks every such
+    tier whether an invalidation heard since that mark concerns the entry, and writes nowhere (the
+    shared tier included) when one does.
+    """
+
+    def mark(self) -> int:
+        """A point in the sequence of invalidations heard: how many so far."""
+        ...
+
+    def stale(self, key: str, entry: TierEntry, since: int | None = None) -> bool:
+        """Whether an invalidation heard since ``since`` (a :meth:`mark`; default: ``key``'s last
+        miss in this tier) may concern ``entry``."""
         ...

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from stratacache.errors import ConfigError, TierUnavailableError
 from stratacache.tiers._checks import check_entry, check_key
-from stratacache.tiers.base import Clock, Tier, TierEntry
+from stratacache.tiers.base import Clock, StaleWriteGuard, Tier, TierEntry
 
 __all__ = ["TierChain"]
 
@@ -69,6 +69,7 @@ class TierChain:
         self._health: dict[str, bool] = dict.fromkeys(names, True)
         self._writes = 0  # writes and invalidations so far; see "Backfill and concurrency"
         self._key_locks: dict[str, list[Any]] = {}  # key -> [asyncio.Lock, writers using it]
+        self._guards = tuple(t for t in self._tiers if isinstance(t, StaleWriteGuard))
 
     @property
     def tiers(self) -> tuple[Tier, ...]:
@@ -108,8 +109,20 @@ class TierChain:
         found = await self.lookup(key)
         return None if found is None else found[0]
 
-    async def set(self, key: str, entry: TierEntry) -> bool:
+    def mark(self) -> tuple[int, ...]:
+        """Where each tier that hears other instances' invalidations stands (a
+        :class:`~stratacache.tiers.base.StaleWriteGuard`): take it before reading or fetching what
+        will be written, and pass it to :meth:`set` as ``since``. Empty without such tiers."""
+        return tuple(guard.mark() for guard in self._guards)
+
+    async def set(
+        self, key: str, entry: TierEntry, *, since: tuple[int, ...] | None = None
+    ) -> bool:
         """Write ``entry`` to every tier; ``True`` if at least one kept it.
+
+        Nothing is written when a tier that hears other instances' invalidations
+        (a :class:`~stratacache.tiers.base.StaleWriteGuard`) says one heard since ``since`` (a
+        :meth:`mark`; by default, since the key last missed there) may concern the entry.
 
         A tier that is unavailable is skipped; it may hold an older entry for ``key`` when it
         comes back, which later writes and invalidations replace.
@@ -126,6 +139,12 @@ class TierChain:
         slot[1] += 1  # writers holding or awaiting this key's lock
         try:
             async with slot[0]:
+                marks = since if since is not None else (None,) * len(self._guards)
+                if any(g.stale(key, entry, m) for g, m in zip(self._guards, marks, strict=True)):
+                    # Another instance invalidated what this entry may belong to after it was
+                    # read or fetched here: written anywhere (the shared tier included), it
+                    # would bring back what was invalidated, for every instance.
+                    return False
                 stored = False
                 for tier in self._tiers:
                     try:

@@ -1,11 +1,12 @@
-"""Coherent L0s: each instance's in-process tier forgets what another instance changed in Redis.
+"""Coherent local tiers: each instance's own tiers forget what another instance changed in Redis.
 
 Every write and invalidation through a :class:`~stratacache.tiers.redis.RedisTier` is published on
 its channel by the same Lua script that makes the change (see that module): ``origin`` (16
 characters, the publishing tier's id), one letter for the kind (``k`` key, ``t`` tag, ``n``
-namespace, ``c`` clear), then the name. :class:`CoherentTier` wraps an instance's L0 and runs one
-subscriber task that applies every message from *another* origin to the L0 (its own changes are
-already there).
+namespace, ``c`` clear), then the name. :class:`CoherentTier` wraps one tier that only this
+instance sees (its L0; its SQLite file, when the chain has one) and runs one subscriber task that
+applies every message from *another* origin to it (its own changes are already there). Below, "the
+L0" stands for whichever local tier is wrapped.
 
 Losing the subscription means missing invalidations, so the L0 is only used while the subscription
 is confirmed: until the first confirmation, and from the moment the connection fails until it is
@@ -131,6 +132,21 @@ class CoherentTier:
             if len(self._pending) > _MAX_PENDING:
                 del self._pending[next(iter(self._pending))]
         return entry
+
+    def mark(self) -> int:
+        """How many invalidations from other instances were applied so far: pass it back to
+        :meth:`stale` to ask about the ones heard since."""
+        return self._applied
+
+    def stale(self, key: str, entry: TierEntry, since: int | None = None) -> bool:
+        """Whether an invalidation heard since ``since`` (a :meth:`mark`; by default ``key``'s
+        last L0 miss) may concern ``entry``: an answer read or fetched after that point may
+        predate it (see the module's docstring). Forgotten history counts as concerning it."""
+        if since is None:
+            since = self._pending.get(key)
+            if since is None:
+                return False
+        return self._invalidated(key, entry, since)
 
     async def set(self, key: str, entry: TierEntry) -> bool:
         """Store in the L0, unless not subscribed or an invalidation may have made ``entry`` stale."""

@@ -2,9 +2,12 @@
 
 The proxy (and anything else that starts from a :class:`~stratacache.config.Settings`) calls
 :func:`build_chain` so the choice of tiers lives in one place. ``settings.chain_tiers`` lists the
-tiers fastest first; each is built from its own settings and shares the one ``clock``. An L0 in
-front of Redis is made coherent with the other instances' (see :mod:`stratacache.tiers.coherence`),
-since without it an instance would keep serving an entry another instance replaced or invalidated.
+tiers fastest first; each is built from its own settings and shares the one ``clock``. When Redis
+is in the chain, the instance's own tiers (the L0 and the SQLite file, wherever they stand) are made
+coherent with the other instances' (see :mod:`stratacache.tiers.coherence`), since without it an
+instance would keep serving an entry another instance replaced or invalidated. So the SQLite file,
+too, starts empty and is emptied whenever the invalidation channel is lost: what it held may have
+been invalidated meanwhile, and Redis still has the entries that were not.
 """
 
 from __future__ import annotations
@@ -57,9 +60,15 @@ def build_chain(settings: Settings, *, clock: Clock) -> TierChain:
         elif name == "sqlite":
             from stratacache.tiers.sqlite import SQLiteTier
 
-            tiers.append(
-                SQLiteTier(settings.database, max_bytes=settings.sqlite_max_bytes, clock=clock)
-            )
+            sqlite = SQLiteTier(settings.database, max_bytes=settings.sqlite_max_bytes, clock=clock)
+            if redis_tier is not None:
+                # The file is this instance's own: it must forget what other instances
+                # invalidate in Redis, as the L0 does, or it would serve it (see coherence).
+                from stratacache.tiers.coherence import CoherentTier
+
+                tiers.append(CoherentTier(sqlite, redis_tier))
+            else:
+                tiers.append(sqlite)
         else:
             assert redis_tier is not None
             tiers.append(redis_tier)
