@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from stratacache.engine import FrequencySketch, RemovalCause, Store, TimerWheel
 from stratacache.engine import policy as policy_module
+from stratacache.engine import sketch as sketch_module
 from stratacache.engine import store as store_module
 
 from .conftest import Evictions, FakeClock, check_consistent
@@ -38,6 +39,11 @@ def test_the_constants_agree_with_the_reference() -> None:
     assert _accel.HASHDOS_THRESHOLD == policy_module._HASHDOS_THRESHOLD
     assert _accel.GROW_REACH == policy_module._GROW_REACH
     assert (_accel.REFUSED_FLOOR_NUM, _accel.REFUSED_FLOOR_DEN) == policy_module._REFUSED_FLOOR
+    assert _accel.SHADOW_KEYS == policy_module._SHADOW_KEYS
+    assert _accel.SHADOW_PERIOD == policy_module._SHADOW_PERIOD
+    assert _accel.SHADOW_LEAD == policy_module._SHADOW_LEAD
+    assert _accel.SHADOW_MEMORY == policy_module._SHADOW_MEMORY
+    assert _accel.COUNTERS_PER_SLOT_BITS == sketch_module._COUNTERS_PER_SLOT_BITS
 
 
 @given(
@@ -155,6 +161,25 @@ def test_long_read_runs_and_window_moves_agree() -> None:
         for _ in range(3000):
             twins.same("get", rng.choice(hot))
         twins.check()
+
+
+def test_the_shadow_lru_and_its_jumps_agree() -> None:
+    # Zigzag sweeps make the shadow LRU lead and hand the window the whole cache; a skewed phase
+    # follows. Both implementations must move the window at the same requests.
+    twins = Twins(9, max_entries=120)
+    up = list(range(480))
+    for sweep in range(8):
+        for key in up if sweep % 2 == 0 else up[::-1]:
+            if twins.same("get", key) == ("ok", None):
+                twins.same("set", key, key)
+        twins.check()
+    assert twins.stores[0].policy.window_limit >= 100
+    rng = random.Random(10)
+    for _ in range(20_000):
+        key = 10_000 + int(rng.paretovariate(1.0)) % 3000
+        if twins.same("get", key) == ("ok", None):
+            twins.same("set", key, key)
+    twins.check()
 
 
 def test_custom_weighers_and_failures_agree() -> None:

@@ -216,6 +216,62 @@ def test_a_small_window_remembers_few_refused_keys() -> None:
     assert 1408 not in policy._ghost_rejected
 
 
+def zigzag_trace(passes: int, items: int) -> list[int]:
+    """Keys 0..items-1 up, then back down, ``passes`` times: each turn re-reads what was just read.
+
+    Every key is as frequent as every other, and the only hits are just after a turn, on the keys
+    read last: plain LRU is optimal here, and a frequency filter has nothing to go on.
+    """
+    up = list(range(items))
+    return [key for i in range(passes) for key in (up if i % 2 == 0 else up[::-1])]
+
+
+def test_a_zigzag_hands_the_window_the_whole_cache() -> None:
+    trace = zigzag_trace(30, 4 * SIZE)
+    lru = lru_hit_ratio(trace, SIZE)
+    assert lru > 0.2
+    store = Store(max_entries=SIZE, rng=random.Random(3))
+    ours = replay(store, trace)
+    # The shadow LRU saw the turns pay and the window took the main area: the cache is an LRU
+    # now. Only the first turn, before any evidence, is lost (1/30 of LRU's hits).
+    assert store.policy.window_limit >= 0.9 * SIZE
+    assert ours >= lru - 0.015, f"W-TinyLFU {ours:.3f} vs LRU {lru:.3f}"
+
+
+@pytest.mark.parametrize("items", [2 * SIZE, 10 * SIZE])
+def test_a_loop_keeps_the_window_small(items: int) -> None:
+    # LRU never hits a loop larger than the cache, so the shadow never leads and the window stays
+    # at its minimum while the main area holds a fixed part of the loop.
+    store = Store(max_entries=SIZE, rng=random.Random(4))
+    ours = replay(store, loop_trace(40 * items, items))
+    assert store.policy.window_limit <= SIZE // 20
+    assert ours >= 0.7 * SIZE / items
+
+
+def test_after_a_zigzag_a_frequency_workload_takes_the_window_back() -> None:
+    store = Store(max_entries=SIZE, rng=random.Random(5))
+    replay(store, zigzag_trace(30, 4 * SIZE))
+    assert store.policy.window_limit >= 0.9 * SIZE
+    trace = [k + 10**6 for k in zipf_trace(60_000, 2_000, 1.0, 6)]
+    replay(store, trace[:30_000])
+    # LRU never leads on a skewed workload, so the main-area victims that return vote the window
+    # down again, and the second half is served about as well as by a fresh store.
+    assert store.policy.window_limit <= SIZE // 5
+    assert (
+        replay(store, trace[30_000:])
+        >= replay(Store(max_entries=SIZE, rng=random.Random(5)), trace[30_000:]) - 0.02
+    )
+
+
+def test_a_large_store_has_no_shadow_and_keeps_its_window_small_on_a_zigzag() -> None:
+    # Above 1024 entries there is no shadow LRU (see Policy._shadow_access): the ghosts alone
+    # steer, and on a zigzag they keep the window small, as before the shadow.
+    size = 2000
+    store = Store(max_entries=size, rng=random.Random(5))
+    replay(store, zigzag_trace(8, 4 * size))
+    assert store.policy.window_limit <= size // 5
+
+
 def test_the_window_follows_a_change_of_workload() -> None:
     store = Store(max_entries=SIZE, rng=random.Random(0))
     replay(store, recency_trace(20_000, gap=100, repeats=3, seed=0))

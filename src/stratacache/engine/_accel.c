@@ -48,6 +48,10 @@
 #define PROTECTED_SHARE 0.80
 #define TRANSFER_LIMIT 1000
 #define HASHDOS_THRESHOLD 6
+#define SHADOW_KEYS 1024
+#define SHADOW_PERIOD 2
+#define SHADOW_LEAD 20
+#define SHADOW_MEMORY 3
 
 /* ------------------------------------------------------------------------------------ Entry */
 
@@ -298,12 +302,13 @@ static PyTypeObject EntryType = {
 #define DEPTH 4
 #define MAX_COUNT 15
 #define MAX_ROW_BITS 32
+#define COUNTERS_PER_SLOT_BITS 2 /* sketch.py's: 4 counters a row per slot, two to a byte */
 
 typedef struct {
     PyObject_HEAD
-    unsigned char *table;
+    unsigned char *table;   /* DEPTH * width 4-bit counters, two to a byte (low nibble first) */
     uint64_t mask;
-    Py_ssize_t width;
+    Py_ssize_t width;       /* counters per row */
     Py_ssize_t capacity;
     Py_ssize_t sample_size;
     Py_ssize_t additions;
@@ -365,9 +370,9 @@ sketch_indexes(SketchObject *self, Py_hash_t key_hash, Py_ssize_t idx[DEPTH])
 static void
 sketch_halve(SketchObject *self)
 {
-    Py_ssize_t n = DEPTH * self->width;
+    Py_ssize_t n = DEPTH * self->width / 2;
     for (Py_ssize_t i = 0; i < n; i++)
-        self->table[i] >>= 1;
+        self->table[i] = (unsigned char)((self->table[i] >> 1) & 0x77);
     self->additions /= 2;
 }
 
@@ -377,8 +382,10 @@ sketch_increment(SketchObject *self, Py_hash_t key_hash)
     Py_ssize_t idx[DEPTH];
     sketch_indexes(self, key_hash, idx);
     for (int i = 0; i < DEPTH; i++) {
-        if (self->table[idx[i]] < MAX_COUNT)
-            self->table[idx[i]]++;
+        unsigned char *byte = &self->table[idx[i] >> 1];
+        int shift = (int)(idx[i] & 1) << 2;
+        if (((*byte >> shift) & MAX_COUNT) < MAX_COUNT)
+            *byte = (unsigned char)(*byte + (1 << shift));
     }
     if (++self->additions >= self->sample_size)
         sketch_halve(self);
@@ -389,10 +396,11 @@ sketch_frequency(SketchObject *self, Py_hash_t key_hash)
 {
     Py_ssize_t idx[DEPTH];
     sketch_indexes(self, key_hash, idx);
-    unsigned char low = MAX_COUNT;
+    int low = MAX_COUNT;
     for (int i = 0; i < DEPTH; i++) {
-        if (self->table[idx[i]] < low)
-            low = self->table[idx[i]];
+        int count = (self->table[idx[i] >> 1] >> ((int)(idx[i] & 1) << 2)) & MAX_COUNT;
+        if (count < low)
+            low = count;
     }
     return low;
 }
@@ -416,6 +424,7 @@ Sketch_init(SketchObject *self, PyObject *args, PyObject *kwds)
     int bits = 0;
     while (bits < MAX_ROW_BITS && ((Py_ssize_t)1 << bits) < capacity)
         bits++;
+    bits = bits + COUNTERS_PER_SLOT_BITS > MAX_ROW_BITS ? MAX_ROW_BITS : bits + COUNTERS_PER_SLOT_BITS;
     Py_ssize_t width = (Py_ssize_t)1 << bits;
     /* As sketch.py: seed_a = seed mod 2**64, seed_b = (seed * golden + 1) mod 2**64. */
     uint64_t seed_b = seed * 0x9E3779B97F4A7C15ULL + 1;
@@ -430,7 +439,7 @@ Sketch_init(SketchObject *self, PyObject *args, PyObject *kwds)
     Py_DECREF(b);
     if (ha == -1 || hb == -1)
         return -1;
-    unsigned char *table = PyMem_Calloc((size_t)(DEPTH * width), 1);
+    unsigned char *table = PyMem_Calloc((size_t)(DEPTH * width / 2), 1);
     if (table == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -501,7 +510,7 @@ Sketch_halve(SketchObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Sketch_clear(SketchObject *self, PyObject *Py_UNUSED(ignored))
 {
-    memset(self->table, 0, (size_t)(DEPTH * self->width));
+    memset(self->table, 0, (size_t)(DEPTH * self->width / 2));
     self->additions = 0;
     Py_RETURN_NONE;
 }
@@ -752,6 +761,15 @@ typedef struct {
     PyObject *cause_rejected;
     PyObject *ghost_rejected;  /* OrderedDict: key -> insertion count when refused */
     PyObject *ghost_victims;   /* OrderedDict: key -> insertion count when evicted from main */
+    /* The shadow LRU (policy.py keeps it in an OrderedDict; OrderedDict's move_to_end and popitem
+     * have no C API, and calling them as methods doubled the cost of a set in a small store). Its
+     * keys sit in slots of a linked list kept in arrays, most recent first; the dict maps each key
+     * to its slot's number. NULL when the store has no shadow. */
+    PyObject *shadow;          /* dict: key -> slot (an int of shadow_ids) */
+    PyObject **shadow_keys;    /* owned; NULL in a slot not in use */
+    PyObject **shadow_ids;     /* owned ints 0..capacity-1 */
+    Py_ssize_t *shadow_prev, *shadow_next;
+    Py_ssize_t shadow_head, shadow_tail, shadow_used;
     SketchObject *sketch;
     Segment window, probation, protected_;
     EntryObject *reads[READ_BUFFER];  /* owned references */
@@ -764,6 +782,8 @@ typedef struct {
     long long window_weight, protected_weight, policy_weight, bytes;
     long long hits, evictions, rejections, insertions, reads_since_write;
     double window_drift;
+    long long shadow_capacity, shadow_requests, shadow_lru_hits, shadow_hits;
+    int lru_leads;             /* periods LRU's last lead is still remembered */
     double next_reap;
 } PolicyObject;
 
@@ -826,6 +846,102 @@ touch(PolicyObject *self, EntryObject *e)
     }
 }
 
+static void grow_window(PolicyObject *self, long long quota);
+
+/* policy.py's _shadow_access: one request through the shadow LRU, and every period the verdict
+ * on the window. */
+static inline void
+shadow_unlink(PolicyObject *self, Py_ssize_t slot)
+{
+    Py_ssize_t prev = self->shadow_prev[slot], next = self->shadow_next[slot];
+    if (prev >= 0)
+        self->shadow_next[prev] = next;
+    else
+        self->shadow_head = next;
+    if (next >= 0)
+        self->shadow_prev[next] = prev;
+    else
+        self->shadow_tail = prev;
+}
+
+static inline void
+shadow_push_front(PolicyObject *self, Py_ssize_t slot)
+{
+    self->shadow_prev[slot] = -1;
+    self->shadow_next[slot] = self->shadow_head;
+    if (self->shadow_head >= 0)
+        self->shadow_prev[self->shadow_head] = slot;
+    else
+        self->shadow_tail = slot;
+    self->shadow_head = slot;
+}
+
+static void
+shadow_reset(PolicyObject *self)
+{
+    for (Py_ssize_t i = 0; i < self->shadow_used; i++)
+        Py_CLEAR(self->shadow_keys[i]);
+    self->shadow_head = self->shadow_tail = -1;
+    self->shadow_used = 0;
+}
+
+static int
+shadow_access(PolicyObject *self, PyObject *key, int hit)
+{
+    PyObject *found = PyDict_GetItemWithError(self->shadow, key);
+    if (found != NULL) {
+        Py_ssize_t slot = PyLong_AsSsize_t(found);
+        if (slot == -1 && PyErr_Occurred())
+            return -1;
+        shadow_unlink(self, slot);
+        shadow_push_front(self, slot);
+        self->shadow_lru_hits++;
+    }
+    else {
+        if (PyErr_Occurred())
+            return -1;
+        Py_ssize_t slot;
+        if (self->shadow_used < self->shadow_capacity) {
+            slot = self->shadow_used++;
+        }
+        else {
+            /* Full: the least recently used key leaves (policy.py inserts first, then pops it;
+             * the outcome is the same). */
+            slot = self->shadow_tail;
+            shadow_unlink(self, slot);
+            PyObject *old = self->shadow_keys[slot];
+            self->shadow_keys[slot] = NULL;
+            if (old != NULL) {
+                int status = PyDict_DelItem(self->shadow, old);
+                Py_DECREF(old);
+                if (status < 0) {
+                    shadow_push_front(self, slot);  /* an empty slot, reused next time */
+                    return -1;
+                }
+            }
+        }
+        shadow_push_front(self, slot);
+        if (PyDict_SetItem(self->shadow, key, self->shadow_ids[slot]) < 0)
+            return -1;  /* the slot stays empty */
+        self->shadow_keys[slot] = Py_NewRef(key);
+    }
+    self->shadow_hits += hit;
+    self->shadow_requests++;
+    if (self->shadow_requests < SHADOW_PERIOD * self->shadow_capacity)
+        return 0;
+    long long lead = self->shadow_lru_hits - self->shadow_hits;
+    if (lead > 0)
+        self->lru_leads = SHADOW_MEMORY;
+    else if (lead < 0)
+        self->lru_leads = 0;
+    else if (self->lru_leads > 0)
+        self->lru_leads--;
+    if (lead * SHADOW_LEAD > self->shadow_requests)
+        grow_window(self, self->limit);
+    self->shadow_requests = self->shadow_lru_hits = self->shadow_hits = 0;
+    return 0;
+}
+
 /* Apply buffered reads to the policy (under the lock). Never fails: a key whose hash raises now
  * (it hashed when it was stored) only loses its frequency count. */
 static void
@@ -858,6 +974,10 @@ policy_drain(PolicyObject *self)
                 continue;
             sketch_increment(self->sketch, h);
             touch(self, e);
+            /* As in the reference; an error here (a key's __eq__ raising in the shadow) only
+             * costs the shadow one request. */
+            if (self->shadow != NULL && shadow_access(self, e->key, 1) < 0)
+                PyErr_Clear();
         }
     }
     for (Py_ssize_t i = 0; i < count; i++)
@@ -1161,6 +1281,8 @@ adapt_window(PolicyObject *self, PyObject *key, long long units)
             return PyErr_Occurred() ? -1 : 0;
         if (PyObject_DelItem(self->ghost_victims, key) < 0)
             return -1;
+        if (self->lru_leads)  /* the shadow says recency pays: no vote to shrink */
+            return 0;
         self->window_drift -= (double)units * SHRINK_STEP;
     }
     long long step = (long long)self->window_drift;
@@ -1273,6 +1395,8 @@ policy_put(PolicyObject *self, PyObject *key, PyObject *value, long long weight,
     }
     PyObject *old_value = NULL;
     if (entry == NULL) {
+        if (self->shadow != NULL && shadow_access(self, key, 0) < 0)
+            return -1;
         if (self->bounded && adapt_window(self, key, units) < 0)
             return -1;
         self->insertions++;
@@ -1380,8 +1504,13 @@ policy_clear(PolicyObject *self)
     Py_ssize_t count = self->nreads;
     self->nreads = 0;
     self->hits += count;  /* buffered hits were hits; only the policy forgets them */
-    memset(self->sketch->table, 0, (size_t)(DEPTH * self->sketch->width));
+    memset(self->sketch->table, 0, (size_t)(DEPTH * self->sketch->width / 2));
     self->sketch->additions = 0;
+    if (self->shadow != NULL) {
+        PyDict_Clear(self->shadow);
+        shadow_reset(self);
+    }
+    self->shadow_requests = self->shadow_lru_hits = self->shadow_hits = 0;
     self->window_weight = self->protected_weight = self->policy_weight = self->bytes = 0;
     PyObject *data = self->data;
     Py_INCREF(data);
@@ -1445,6 +1574,33 @@ Policy_init(PolicyObject *self, PyObject *args, PyObject *kwds)
         return -1;
     self->ghost_rejected = PyObject_CallNoArgs(odict);
     self->ghost_victims = self->ghost_rejected ? PyObject_CallNoArgs(odict) : NULL;
+    if (self->ghost_victims != NULL && max_entries >= 0 && max_bytes < 0 &&
+        max_entries <= SHADOW_KEYS) {
+        /* policy.py: small stores run a shadow LRU of their own size. */
+        Py_ssize_t n = (Py_ssize_t)max_entries;
+        self->shadow_capacity = max_entries;
+        self->shadow_head = self->shadow_tail = -1;
+        self->shadow_used = 0;
+        self->shadow = PyDict_New();
+        self->shadow_keys = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+        self->shadow_ids = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+        self->shadow_prev = PyMem_Calloc((size_t)n, sizeof(Py_ssize_t));
+        self->shadow_next = PyMem_Calloc((size_t)n, sizeof(Py_ssize_t));
+        if (self->shadow == NULL || self->shadow_keys == NULL || self->shadow_ids == NULL ||
+            self->shadow_prev == NULL || self->shadow_next == NULL) {
+            Py_DECREF(odict);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            self->shadow_ids[i] = PyLong_FromSsize_t(i);
+            if (self->shadow_ids[i] == NULL) {
+                Py_DECREF(odict);
+                return -1;
+            }
+        }
+    }
     Py_DECREF(odict);
     if (self->ghost_victims == NULL)
         return -1;
@@ -1499,6 +1655,7 @@ Policy_traverse(PolicyObject *self, visitproc visit, void *arg)
     Py_VISIT(self->cause_rejected);
     Py_VISIT(self->ghost_rejected);
     Py_VISIT(self->ghost_victims);
+    Py_VISIT(self->shadow);  /* it holds every key a slot holds */
     return 0;
 }
 
@@ -1520,6 +1677,19 @@ Policy_clear(PolicyObject *self)
     Py_CLEAR(self->cause_rejected);
     Py_CLEAR(self->ghost_rejected);
     Py_CLEAR(self->ghost_victims);
+    if (self->shadow_keys != NULL)
+        shadow_reset(self);
+    if (self->shadow_ids != NULL) {
+        for (Py_ssize_t i = 0; i < (Py_ssize_t)self->shadow_capacity; i++)
+            Py_CLEAR(self->shadow_ids[i]);
+    }
+    PyMem_Free(self->shadow_keys);
+    PyMem_Free(self->shadow_ids);
+    PyMem_Free(self->shadow_prev);
+    PyMem_Free(self->shadow_next);
+    self->shadow_keys = self->shadow_ids = NULL;
+    self->shadow_prev = self->shadow_next = NULL;
+    Py_CLEAR(self->shadow);
     Py_CLEAR(self->sketch);
     return 0;
 }
@@ -2104,7 +2274,12 @@ PyInit__accel(void)
         PyModule_AddIntConstant(m, "HASHDOS_THRESHOLD", HASHDOS_THRESHOLD) < 0 ||
         PyModule_AddIntConstant(m, "GROW_REACH", GROW_REACH) < 0 ||
         PyModule_AddIntConstant(m, "REFUSED_FLOOR_NUM", REFUSED_FLOOR_NUM) < 0 ||
-        PyModule_AddIntConstant(m, "REFUSED_FLOOR_DEN", REFUSED_FLOOR_DEN) < 0) {
+        PyModule_AddIntConstant(m, "REFUSED_FLOOR_DEN", REFUSED_FLOOR_DEN) < 0 ||
+        PyModule_AddIntConstant(m, "COUNTERS_PER_SLOT_BITS", COUNTERS_PER_SLOT_BITS) < 0 ||
+        PyModule_AddIntConstant(m, "SHADOW_KEYS", SHADOW_KEYS) < 0 ||
+        PyModule_AddIntConstant(m, "SHADOW_PERIOD", SHADOW_PERIOD) < 0 ||
+        PyModule_AddIntConstant(m, "SHADOW_LEAD", SHADOW_LEAD) < 0 ||
+        PyModule_AddIntConstant(m, "SHADOW_MEMORY", SHADOW_MEMORY) < 0) {
         Py_DECREF(m);
         return NULL;
     }

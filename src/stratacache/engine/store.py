@@ -16,7 +16,9 @@ How an entry moves (Caffeine's design, Einziger, Friedman & Manes, "TinyLFU", 20
 * The window's share of the budget **adapts**: a miss on a key that admission refused a moment ago
   grows the window (a bigger window would have hit), a miss on a key just evicted from the main area
   shrinks it. Recency-skewed workloads drive the window towards LRU, frequency-skewed ones keep it
-  small; with a fixed 1 % window the Corda trace falls to 2 % where LRU gets 33 %.
+  small; with a fixed 1 % window the Corda trace falls to 2 % where LRU gets 33 %. A store of up to
+  1024 entries also runs a shadow LRU of its own size: when plain LRU beats it clearly over a period
+  (a zigzag, where every key is as frequent as every other), the window takes the whole budget.
 
 The policy itself lives in :mod:`stratacache.engine.policy` (pure Python, the reference) and, when the
 accelerator was built, in ``_accel.Policy`` (C, the same steps; its segments are linked lists threaded
