@@ -117,7 +117,8 @@ async def test_changes_are_published(tier: RedisTier, raw: aioredis.Redis) -> No
         assert message is not None
         seen.append(message["data"])
     origin = tier.origin.encode()
-    assert seen == [origin + b"kk", origin + b"kk", origin + b"tt", origin + b"nn", origin + b"c"]
+    # A write is "w", a deletion "k": only invalidations stop what other instances are fetching.
+    assert seen == [origin + b"wk", origin + b"kk", origin + b"tt", origin + b"nn", origin + b"c"]
     await pubsub.aclose()
 
 

@@ -651,10 +651,8 @@ class LLMCache:
         self._max_event_bytes = max_event_bytes
         self._verified = _VerifiedRecords(verified_entries, verified_bytes)
         self._flights: dict[str, Flight] = {}
-        # Embedding items being fetched, with the generation their call started under.
-        self._item_flights: dict[
-            str, tuple[asyncio.Future[_Item], int | None, tuple[int, ...]]
-        ] = {}
+        # Embedding items being fetched, with the epoch and mark their call started under.
+        self._item_flights: dict[str, tuple[asyncio.Future[_Item], int, tuple[int, ...]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending = PendingWrites()
         # Bumped when every invalidation starts and again when it ends: a write whose answer was
@@ -670,7 +668,8 @@ class LLMCache:
         """The semantic layer, if paraphrases are answered (or observed, in shadow mode)."""
         self._sleep = sleep
         self._semantic_lookups: dict[
-            tuple[str, float | None, float | None, int], asyncio.Future[tuple[_Found, float] | None]
+            tuple[str, float | None, float | None, int, tuple[int, ...]],
+            asyncio.Future[tuple[_Found, float] | None],
         ] = {}
 
     # --- entry points ----------------------------------------------------------------------------
@@ -772,7 +771,7 @@ class LLMCache:
                     shadow = await self._shadow_lookup(layer, route, key, text)
                 elif decision.lookup:
                     similar = await self._semantic_once(
-                        layer, route, key, text, directives=directives, policy=policy, epoch=epoch
+                        layer, route, key, text, directives=directives, policy=policy
                     )
                     if similar is not None:
                         found, score = similar
@@ -855,8 +854,15 @@ class LLMCache:
 
     def _still(self, generation: int | None, heard: tuple[int, ...]) -> bool:
         """:meth:`_unchanged`, and no other instance's invalidation heard since ``heard`` (a
-        ``TierChain.mark``) either: what may still be *served* or *joined* from then."""
+        ``TierChain.mark``) either: whether what was read then may still be kept or served."""
         return self._unchanged(generation) and heard == self.tiers.mark()
+
+    def _joinable(self, epoch: int, heard: tuple[int, ...]) -> bool:
+        """Whether work begun at ``epoch`` (the raw epoch, even mid-invalidation) and ``heard``
+        may be shared by a request arriving now: no invalidation began or ended since, here or
+        heard from elsewhere. Requests arriving during one invalidation share among themselves;
+        what they get is not kept (see :meth:`_generation`)."""
+        return epoch == self._epoch and heard == self.tiers.mark()
 
     def _forget_key(self, key: str) -> None:
         self._verified.discard(key)
@@ -1072,22 +1078,17 @@ class LLMCache:
         *,
         directives: Directives,
         policy: RoutePolicy,
-        epoch: int | None,
     ) -> tuple[_Found, float] | None:
         """:meth:`_semantic_find`, shared by identical requests arriving together: the first
         embeds and searches, the others wait for its answer (then coalesce on one upstream call
         if it found nothing).
 
         Shared only by requests that would accept the same answers (the same key, max-age and
-        TTL) and arrived under the same invalidation generation: a lookup begun before an
-        invalidation may find what it removed, and one begun during it is not shared at all.
+        TTL) and that arrived with no invalidation begun or ended in between, here or heard from
+        another instance (:meth:`_joinable`): a lookup begun before one may find what it removed.
         """
         ttl = directives.ttl if directives.ttl is not None else policy.ttl
-        if epoch is None:
-            return await self._semantic_find(
-                layer, route, key, text, directives=directives, policy=policy
-            )
-        token = (key.storage_key, directives.max_age, ttl, epoch)
+        token = (key.storage_key, directives.max_age, ttl, self._epoch, self.tiers.mark())
         shared = self._semantic_lookups.get(token)
         if shared is not None:
             return await asyncio.shield(shared)
@@ -1330,7 +1331,7 @@ class LLMCache:
         """
         storage = _flight_key(ctx.key)
         flight = self._flights.get(storage) if ctx.decision.lookup else None
-        if flight is not None and not self._still(flight.generation, flight.heard):
+        if flight is not None and not self._joinable(flight.epoch, flight.heard):
             flight = None
         if flight is not None:
             outcome = CacheStatus.COALESCED
@@ -1464,6 +1465,7 @@ class LLMCache:
         storage = _flight_key(ctx.key)
         flight = Flight(storage, store=ctx.decision.store, detached=detached)
         flight.generation = self._generation()  # the answer is fetched from here on
+        flight.epoch = self._epoch
         flight.heard = self.tiers.mark()
         flight.controls = ctx if ctx.decision.store else None
         if register:
@@ -1807,7 +1809,7 @@ class LLMCache:
             if storage in results:
                 continue
             pending = self._item_flights.get(storage) if decision.lookup else None
-            if pending is not None and self._still(pending[1], pending[2]):
+            if pending is not None and self._joinable(pending[1], pending[2]):
                 waits[storage] = pending[0]
             else:  # nobody fetches it, or the call began before an invalidation: see _miss
                 own.append(storage)
@@ -1905,7 +1907,7 @@ class LLMCache:
         for storage in own:
             future: asyncio.Future[_Item] = loop.create_future()
             futures[storage] = future
-            self._item_flights[storage] = (future, generation, heard)
+            self._item_flights[storage] = (future, self._epoch, heard)
         try:
             # The client's own bytes go up when they ask for exactly these items in this order.
             everything = len(own) == len(_embedding_items(body.get("input")))

@@ -48,6 +48,7 @@ class Flight:
         "controls",
         "detached",
         "done",
+        "epoch",
         "error",
         "events",
         "followers",
@@ -102,8 +103,10 @@ class Flight:
         self.followers = 0
         """Clients that joined after the first (for the coalescing counters)."""
         self.generation: int | None = None
-        """The cache's invalidation generation when the call started (``LLMCache._generation``):
-        the call may be joined, and its answer stored, only while it is unchanged."""
+        """The cache's invalidation generation when the call started (``LLMCache._generation``;
+        ``None`` mid-invalidation): the answer is stored only if it is unchanged."""
+        self.epoch = 0
+        """The cache's raw invalidation epoch when the call started: joinable while unchanged."""
         self.heard: tuple[int, ...] = ()
         """Where the tiers that hear other instances' invalidations stood when the call started
         (``TierChain.mark``): the answer is stored only if none heard since concerns it, and the
@@ -184,7 +187,9 @@ class PendingWrites:
     __slots__ = ("_landed", "_tasks")
 
     def __init__(self) -> None:
-        self._landed: dict[str, asyncio.Future[None]] = {}
+        # Every write of a key still in progress: a later write that ends first (an answer that
+        # is not stored after all) must not hide an earlier one still landing.
+        self._landed: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def schedule(self, keys: tuple[str, ...], write: Coroutine[Any, Any, None]) -> None:
@@ -196,9 +201,7 @@ class PendingWrites:
         loop = asyncio.get_running_loop()
         landed: asyncio.Future[None] = loop.create_future()
         for key in keys:
-            # A newer write of the same key replaces the older one as the one to wait for: the
-            # tiers serialise writes per key, so it lands last.
-            self._landed[key] = landed
+            self._landed.setdefault(key, []).append(landed)
         task = loop.create_task(write)
         self._tasks.add(task)
 
@@ -207,20 +210,23 @@ class PendingWrites:
             if not landed.done():
                 landed.set_result(None)
             for key in keys:
-                if self._landed.get(key) is landed:
-                    del self._landed[key]
+                waiting = self._landed.get(key)
+                if waiting is not None:
+                    waiting.remove(landed)
+                    if not waiting:
+                        del self._landed[key]
 
         task.add_done_callback(done)
 
     async def wait(self, key: str) -> bool:
-        """Wait for the pending write of ``key``, if any; ``True`` if there was one.
+        """Wait for every pending write of ``key``, if any; ``True`` if there was one.
 
-        The write is shielded: a waiter that is cancelled does not cancel it.
+        The writes are shielded: a waiter that is cancelled does not cancel them.
         """
-        landed = self._landed.get(key)
-        if landed is None:
+        waiting = self._landed.get(key)
+        if not waiting:
             return False
-        await asyncio.shield(landed)
+        await asyncio.shield(asyncio.gather(*waiting))
         return True
 
     def __contains__(self, key: object) -> bool:

@@ -2,11 +2,11 @@
 
 Every write and invalidation through a :class:`~stratacache.tiers.redis.RedisTier` is published on
 its channel by the same Lua script that makes the change (see that module): ``origin`` (16
-characters, the publishing tier's id), one letter for the kind (``k`` key, ``t`` tag, ``n``
-namespace, ``c`` clear), then the name. :class:`CoherentTier` wraps one tier that only this
-instance sees (its L0; its SQLite file, when the chain has one) and runs one subscriber task that
-applies every message from *another* origin to it (its own changes are already there). Below, "the
-L0" stands for whichever local tier is wrapped.
+characters, the publishing tier's id), one letter for the kind (``w`` a key written, ``k`` a key
+deleted, ``t`` tag, ``n`` namespace, ``c`` clear), then the name. :class:`CoherentTier` wraps
+one tier that only this instance sees (its L0; its SQLite file, when the chain has one) and runs
+one subscriber task that applies every message from *another* origin to it (its own changes are
+already there). Below, "the L0" stands for whichever local tier is wrapped.
 
 Losing the subscription means missing invalidations, so the L0 is only used while the subscription
 is confirmed: until the first confirmation, and from the moment the connection fails until it is
@@ -89,6 +89,11 @@ class CoherentTier:
         self._closed = False
         self._applied = 0  # remote invalidations applied so far
         self._recent: deque[tuple[int, str, str]] = deque(maxlen=history)  # (number, kind, name)
+        # The invalidations alone (no writes), numbered apart: what mark() and stale(since=...)
+        # read. Another instance's write of a key is an answer as good as ours; its deletion of
+        # it, or of a tag or namespace, means what we are fetching may be out of date.
+        self._invalidations = 0
+        self._recent_invalidations: deque[tuple[int, str, str]] = deque(maxlen=history)
         self._pending: dict[str, int] = {}  # key -> _applied at its last L0 miss
 
     @property
@@ -134,19 +139,23 @@ class CoherentTier:
         return entry
 
     def mark(self) -> int:
-        """How many invalidations from other instances were applied so far: pass it back to
-        :meth:`stale` to ask about the ones heard since."""
-        return self._applied
+        """How many invalidations (not writes) from other instances were heard so far, a lost
+        channel counting as one that concerns everything: pass it back to :meth:`stale` to ask
+        about the ones heard since."""
+        return self._invalidations
 
     def stale(self, key: str, entry: TierEntry, since: int | None = None) -> bool:
-        """Whether an invalidation heard since ``since`` (a :meth:`mark`; by default ``key``'s
-        last L0 miss) may concern ``entry``: an answer read or fetched after that point may
-        predate it (see the module's docstring). Forgotten history counts as concerning it."""
+        """Whether ``entry`` may be out of date for what was heard here.
+
+        With ``since`` (a :meth:`mark` taken before the answer was read or fetched): whether an
+        invalidation heard since then may concern it. Without: whether a write or invalidation
+        heard since ``key``'s last L0 miss may (the backfill rule of the module's docstring).
+        Forgotten history counts as concerning it.
+        """
         if since is None:
-            since = self._pending.get(key)
-            if since is None:
-                return False
-        return self._invalidated(key, entry, since)
+            missed = self._pending.get(key)
+            return missed is not None and self._invalidated(key, entry, missed)
+        return _concerns(self._recent_invalidations, self._invalidations, since, key, entry)
 
     async def set(self, key: str, entry: TierEntry) -> bool:
         """Store in the L0, unless not subscribed or an invalidation may have made ``entry`` stale."""
@@ -202,21 +211,13 @@ class CoherentTier:
                     await self._confirmed.wait()
 
     def _invalidated(self, key: str, entry: TierEntry, since: int) -> bool:
-        if since == self._applied:
-            return False
-        if not self._recent or self._recent[0][0] > since + 1:
-            return True  # some of the invalidations since are forgotten: assume the worst
-        for number, kind, name in reversed(self._recent):
-            if number <= since:
-                break
-            if (
-                kind == "c"
-                or (kind == "k" and name == key)
-                or (kind == "t" and name in entry.tags)
-                or (kind == "n" and name == entry.namespace)
-            ):
-                return True
-        return False
+        return _concerns(self._recent, self._applied, since, key, entry)
+
+    def _gap(self) -> None:
+        """The channel was lost or (re)confirmed: whatever was sent meanwhile went unheard, so
+        every mark taken before now must count as invalidated (as by a clear)."""
+        self._invalidations += 1
+        self._recent_invalidations.append((self._invalidations, "c", ""))
 
     async def _listen(self) -> None:
         while not self._closed:
@@ -237,6 +238,7 @@ class CoherentTier:
     async def _lost(self) -> None:
         self._subscribed = False
         self._pending.clear()
+        self._gap()
         await self._local.clear()
 
     async def _follow(self) -> None:
@@ -261,6 +263,7 @@ class CoherentTier:
                     # Whatever changed before this moment was missed: start from an empty L0.
                     await self._local.clear()
                     self._pending.clear()
+                    self._gap()
                     self._subscribed = True
                     if self._confirmed is not None:
                         self._confirmed.set()
@@ -277,7 +280,7 @@ class CoherentTier:
             return
         kind = chr(data[ORIGIN_BYTES])
         name = data[ORIGIN_BYTES + 1 :].decode("utf-8", "replace")
-        if kind == "k":
+        if kind in ("k", "w"):
             await self._local.delete(name)
         elif kind == "t":
             await self._local.delete_tag(name)
@@ -289,6 +292,31 @@ class CoherentTier:
             return
         self._applied += 1
         self._recent.append((self._applied, kind, name))
+        if kind != "w":
+            self._invalidations += 1
+            self._recent_invalidations.append((self._invalidations, kind, name))
 
     def __repr__(self) -> str:
         return f"CoherentTier({self._local!r}, subscribed={self._subscribed})"
+
+
+def _concerns(
+    recent: deque[tuple[int, str, str]], latest: int, since: int, key: str, entry: TierEntry
+) -> bool:
+    """Whether a message numbered after ``since`` in ``recent`` (numbered up to ``latest``) may
+    concern ``entry`` stored under ``key``; forgotten messages are assumed to."""
+    if since == latest:
+        return False
+    if not recent or recent[0][0] > since + 1:
+        return True  # some of the messages since are forgotten: assume the worst
+    for number, kind, name in reversed(recent):
+        if number <= since:
+            break
+        if (
+            kind == "c"
+            or (kind in ("k", "w") and name == key)
+            or (kind == "t" and name in entry.tags)
+            or (kind == "n" and name == entry.namespace)
+        ):
+            return True
+    return False

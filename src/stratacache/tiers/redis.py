@@ -11,7 +11,9 @@ The one-letter segment after the prefix keeps the three key spaces apart whateve
 tag or namespace holds. Every write and invalidation is one small Lua script, so the hash and both
 indexes change together (a reader never sees an entry whose tags point elsewhere), and the script
 also publishes the change on ``{prefix}invalidate`` in the same atomic step: instances that keep
-an L0 in front of this tier drop the key from it (see :mod:`stratacache.tiers.coherence`).
+an L0 in front of this tier drop the key from it (see :mod:`stratacache.tiers.coherence`). A write
+is published as ``w`` and a deletion as ``k``: both make other instances drop their copy, but only
+a deletion (or a tag, namespace or clear) invalidates what they are still fetching.
 
 Expiry. ``expires_at`` is compared with the injected ``clock`` on every read, as the contract
 requires; the server's own TTL is only a garbage-collection backstop, set as a duration
@@ -107,7 +109,7 @@ local function index(name)
 end
 index(prefix .. 'n:' .. ARGV[5])
 for i = 10, #ARGV do index(prefix .. 't:' .. ARGV[i]) end
-redis.call('PUBLISH', ARGV[9], ARGV[8] .. 'k' .. key)
+redis.call('PUBLISH', ARGV[9], ARGV[8] .. 'w' .. key)
 return 1
 """
 
