@@ -1,4 +1,5 @@
-"""Builds the engine's optional C accelerator; all other metadata lives in pyproject.toml.
+"""Builds the optional C accelerators (the engine's, and the RESP sidecar's fast path); all other
+metadata lives in pyproject.toml.
 
 ``optional=True``: on a machine without a C compiler the build warns and the package installs
 without the accelerator, running the pure-Python engine, which behaves the same.
@@ -13,6 +14,12 @@ setup(
             ["src/stratacache/engine/_accel.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "stratacache.resp._fast",
+            ["src/stratacache/resp/_fast.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

@@ -11,6 +11,10 @@ mostly does not, so its ratio is the steadier estimate of what each server can d
 Then the in-process path: ns per GET on the engine's ``Store`` directly, and one GET round trip
 through redis-py to the sidecar and to redis-server.
 
+The sidecar serves its hot commands through the compiled fast path (``stratacache.resp._fast``,
+built with the package or by ``.venv/bin/python setup.py build_ext --inplace``) when it is built;
+the results say which path ran.
+
 Run it on a quiet machine (``uptime`` load near 0), from the repository root (~5 minutes)::
 
     .venv/bin/python bench/resp.py --requests 200000 \\
@@ -166,10 +170,22 @@ def in_process(port_sidecar: int, port_redis: int, rounds: int) -> dict[str, flo
     return out
 
 
-def markdown(results: list[Result], inproc: dict[str, float], command: str) -> str:
+def fast_path() -> str:
+    """Which request path the sidecar runs: the compiled fast path, or pure Python."""
+    try:
+        from stratacache.resp import _fast  # noqa: F401
+    except ImportError:
+        return "pure Python (stratacache.resp._fast not built)"
+    return "compiled (stratacache.resp._fast)"
+
+
+def markdown(results: list[Result], inproc: dict[str, float], command: str, note: str = "") -> str:
     """The results as a Markdown document with the machine block."""
     lines = ["# RESP sidecar vs redis-server (redis-benchmark)", ""]
     lines.append(machine.markdown_block(machine.describe(), command))
+    lines += [f"Sidecar request path: {fast_path()}.", ""]
+    if note:
+        lines += [note, ""]
     lines += [
         "| test | -P | redis-server req/s | sidecar req/s | sidecar / redis | "
         "redis p50/p99 ms | sidecar p50/p99 ms | redis CPU us/req | sidecar CPU us/req | "
@@ -209,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="*", default=list(TESTS))
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--note", default="", help="a line printed under the header")
     args = parser.parse_args(argv)
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -244,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stop(sidecar_process)
             _stop(redis_process)
     command = "python bench/resp.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = markdown(results, inproc, command)
+    text = markdown(results, inproc, command, args.note)
     if args.markdown is not None:
         args.markdown.write_text(text, encoding="utf-8")
     else:
@@ -254,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps(
                 {
                     "machine": machine.describe(),
+                    "fast_path": fast_path(),
+                    "note": args.note,
                     "results": [asdict(r) for r in results],
                     "in_process_ns": inproc,
                 },

@@ -21,6 +21,7 @@ from stratacache.resp.protocol import (
     NULL_ARRAY,
     OK,
     Command,
+    CompiledRequestReader,
     ErrorReply,
     HiredisRequestReader,
     ProtocolError,
@@ -44,7 +45,16 @@ def _hiredis(*args: int) -> RequestReader:
     return HiredisRequestReader(*args)
 
 
-READERS = [pytest.param(PythonRequestReader, id="python"), pytest.param(_hiredis, id="hiredis")]
+def _compiled(*args: int) -> RequestReader:
+    pytest.importorskip("stratacache.resp._fast")
+    return CompiledRequestReader(*args)
+
+
+READERS = [
+    pytest.param(PythonRequestReader, id="python"),
+    pytest.param(_hiredis, id="hiredis"),
+    pytest.param(_compiled, id="compiled"),
+]
 
 # (wire bytes, the commands they hold)
 FIXTURES: list[tuple[bytes, list[Command]]] = [
@@ -196,9 +206,9 @@ def test_a_huge_array_header_costs_nothing(factory: ReaderFactory) -> None:
     assert time.perf_counter() - started < 1.0
 
 
-def test_request_reader_prefers_hiredis_when_installed() -> None:
-    pytest.importorskip("hiredis")
-    assert isinstance(request_reader(), HiredisRequestReader)
+def test_request_reader_prefers_the_compiled_parser_then_hiredis() -> None:
+    pytest.importorskip("stratacache.resp._fast")
+    assert isinstance(request_reader(), CompiledRequestReader)
     assert isinstance(request_reader(prefer_hiredis=False), PythonRequestReader)
 
 

@@ -40,6 +40,11 @@ from stratacache.resp.values import (
     weigh,
 )
 
+try:  # values.weigh in C: the store weighs every write
+    from stratacache.resp._fast import Weigher
+except ImportError:  # pragma: no cover - the pure-Python weigher is the reference
+    Weigher = None  # type: ignore[assignment,misc]
+
 if TYPE_CHECKING:
     from stratacache.resp.session import Session
 
@@ -334,6 +339,8 @@ class Keyspace:
     :param clock: wall-clock seconds (default ``time.time``); read once per command into
         :attr:`now`.
     :param rng: randomness for RANDOMKEY, SPOP, SRANDMEMBER, ... (seed it to replay).
+    :param accelerate: weigh values with the compiled weigher (``stratacache.resp._fast``) when
+        it was built; ``False`` keeps :func:`~stratacache.resp.values.weigh`, which it mirrors.
     """
 
     def __init__(
@@ -342,7 +349,12 @@ class Keyspace:
         maxmemory: int | None = None,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        *,
+        accelerate: bool = True,
     ) -> None:
+        self._weigher: Callable[[object, object], int] = (
+            Weigher(KEY_OVERHEAD) if accelerate and Weigher is not None else weigh
+        )
         self.clock: Callable[[], float] = clock if clock is not None else time.time
         self.now = self.clock()
         self.rng = rng if rng is not None else random.Random()
@@ -363,7 +375,7 @@ class Keyspace:
         """A store for one database, on this keyspace's clock and budget."""
         return Store(
             max_bytes=self.maxmemory,
-            weigher=weigh,
+            weigher=self._weigher,
             clock=self._now,
             on_evict=listener,
             rng=random.Random(self.rng.getrandbits(64)),

@@ -40,6 +40,7 @@ __all__ = [
     "QUEUED",
     "Command",
     "CommandError",
+    "CompiledRequestReader",
     "ErrorReply",
     "HiredisRequestReader",
     "ParseResult",
@@ -684,6 +685,61 @@ class HiredisRequestReader:
         return result
 
 
+class CompiledRequestReader:
+    """A request reader whose common case is the compiled parser of :mod:`stratacache.resp._fast`.
+
+    The compiled parser takes the complete, canonical multibulk requests at the start of a read
+    and says exactly where it stopped; everything from there (an inline command, a request split
+    across reads, a header it does not judge, a bulk over the limit) goes to a
+    :class:`PythonRequestReader`, which stays in charge until it is idle again. So the limits and
+    error texts are the pure reader's, and no re-encoding is needed to find the hand-off byte.
+    """
+
+    def __init__(
+        self, max_bulk_len: int = DEFAULT_MAX_BULK, max_query_buffer: int = DEFAULT_MAX_QUERY
+    ) -> None:
+        from stratacache.resp import _fast
+
+        self._parse = _fast.parse_requests
+        self._python = PythonRequestReader(max_bulk_len, max_query_buffer)
+        self._python_active = False
+        self.idle = True
+        """True when no request is partly read: the next read starts at a request boundary."""
+        self.max_bulk_len = max_bulk_len
+        """The longest bulk argument accepted."""
+
+    @property
+    def unauthenticated(self) -> bool:
+        """While true, the stricter limits Redis applies before AUTH are in force."""
+        return self._python.unauthenticated
+
+    @unauthenticated.setter
+    def unauthenticated(self, value: bool) -> None:
+        self._python.unauthenticated = value
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete command."""
+        return self._python.buffered
+
+    def feed(self, data: bytes) -> ParseResult:
+        """Add ``data`` and return every command it completes (and an error, if any)."""
+        python = self._python
+        commands: list[Command] = []
+        if not (self._python_active or python.unauthenticated or python._failed is not None):
+            commands, used = self._parse(data, python.max_bulk_len)
+            if used == len(data):
+                return ParseResult(commands)
+            if used:
+                data = data[used:]
+        result = python.feed(data)
+        self._python_active = not python.idle and result.error is None
+        self.idle = not self._python_active and python._failed is None
+        if commands:
+            return ParseResult(commands + result.commands, result.error)
+        return result
+
+
 # An array header of 10,000 or more elements anywhere in a read sends the read to the Python
 # reader: hiredis would allocate the whole array up front, and freeing a reader left waiting for
 # "*2000000000" takes seconds (a denial of service). Binary data that merely looks like such a
@@ -722,8 +778,12 @@ def request_reader(
     *,
     prefer_hiredis: bool = True,
 ) -> RequestReader:
-    """A request reader: hiredis-backed when hiredis is installed (and preferred), else pure Python."""
+    """A request reader: compiled or hiredis-backed when available (and preferred), else pure Python."""
     if prefer_hiredis:
+        try:
+            return CompiledRequestReader(max_bulk_len, max_query_buffer)
+        except ImportError:
+            pass
         try:
             return HiredisRequestReader(max_bulk_len, max_query_buffer)
         except ImportError:

@@ -29,6 +29,7 @@ from typing import Final, cast
 from stratacache.resp.protocol import (
     DEFAULT_MAX_BULK,
     DEFAULT_MAX_QUERY,
+    CompiledRequestReader,
     ErrorReply,
     RequestReader,
     encode,
@@ -64,6 +65,9 @@ class RespConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._authenticated = False  # what the reader was last told
+        self._compiled: CompiledRequestReader | None = None
+        self._serve: Callable[[Session, bytes, int], int] | None = None
+        self._max_bulk = DEFAULT_MAX_BULK
         self.fd = -1
         """The socket's descriptor, read directly while a script keeps the loop busy."""
 
@@ -116,6 +120,12 @@ class RespConnection(asyncio.Protocol):
         )
         self._authenticated = session.authenticated
         self._reader.unauthenticated = not session.authenticated
+        runner = self._sidecar.runner
+        if runner is not None and isinstance(self._reader, CompiledRequestReader):
+            # Reads that start at a request boundary go to the compiled fast path first.
+            self._compiled = self._reader
+            self._serve = runner.serve
+            self._max_bulk = self._reader.max_bulk_len
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -124,6 +134,24 @@ class RespConnection(asyncio.Protocol):
         reader = self._reader
         if session is None or reader is None or session.closing:
             return
+        serve = self._serve
+        compiled = self._compiled
+        if serve is not None and compiled is not None and compiled.idle:
+            # One C call runs the read's quick commands and queues their replies; whatever it
+            # leaves (a command that is not quick, a partial request) goes the general way below.
+            try:
+                used = serve(session, data, self._max_bulk)
+            except Exception:
+                logger.exception("connection %s failed; closing it", session.addr)
+                session.out.append(b"-ERR internal error\r\n")
+                session.closing = True
+                self._flush()
+                return
+            if used == len(data):
+                self._flush()
+                return
+            if used:
+                data = data[used:]
         try:
             result = reader.feed(data)
             if result.commands:

@@ -52,6 +52,11 @@ from stratacache.resp.session import (
 )
 from stratacache.resp.values import glob_match
 
+try:  # the compiled fast path (setup.py builds it when a C compiler is present)
+    from stratacache.resp import _fast
+except ImportError:  # pragma: no cover - the pure-Python path below is the reference
+    _fast = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     import random
 
@@ -216,6 +221,9 @@ class Sidecar:
     :param requirepass: a password clients must send with AUTH/HELLO before other commands.
     :param table: the command table (default: every command in :mod:`stratacache.resp.handlers`).
     :param snapshot_path: where SAVE/BGSAVE write and where the snapshot is loaded from.
+    :param accelerate: run the quick commands through the compiled loop
+        (:mod:`stratacache.resp._fast`) when it was built; ``False`` keeps the pure-Python loop,
+        which gives the same replies and state (the differential tests compare the two).
     """
 
     def __init__(
@@ -226,6 +234,7 @@ class Sidecar:
         table: CommandTable | None = None,
         snapshot_path: str | None = None,
         rng: random.Random | None = None,
+        accelerate: bool = True,
     ) -> None:
         self.keyspace = keyspace if keyspace is not None else Keyspace(rng=rng)
         self.keyspace.publisher = self.publish
@@ -236,6 +245,9 @@ class Sidecar:
             for name, spec in self.table.fast.items()
             if spec.name in QUICK_COMMANDS and spec.handler is not None
         }
+        self.runner = self._make_runner() if accelerate and _fast is not None else None
+        """The compiled fast path (:mod:`stratacache.resp._fast`), or ``None`` (not built, or
+        ``accelerate=False``). The server hands each read of a plain session to its ``serve``."""
         self.requirepass = requirepass
         self.config = RespConfig(self)
         self.snapshot_path = snapshot_path
@@ -326,14 +338,32 @@ class Sidecar:
             and self.busy is None
             else _NO_COMMANDS
         )
+        runner = self.runner if quick else None
         protocol = session.resp
         null = _RESP3_NULL if protocol == 3 else _RESP2_NULL
         ran: list[str] = []  # the quick commands run, for their stats
         started = perf_counter_ns()
         keyspace.now = keyspace.clock()
         counted = size = 0  # replies queued before this point add up to ``size`` bytes
+        index = 0
+        total = len(commands)
         try:
-            for index, argv in enumerate(commands):
+            while index < total:
+                if runner is not None:
+                    # The compiled loop runs the quick commands from ``index`` on and stops at
+                    # the first other one, which runs below; then it takes over again.
+                    index = runner.run(session, commands, index, out, ran, protocol, size, counted)
+                    self.dirty += runner.take_dirty()
+                    size = runner.size
+                    counted = runner.counted
+                    if runner.sliced:
+                        if index < total:
+                            session.pending.extend(commands[index:])
+                            session.wake()
+                        return
+                    if index >= total:
+                        break
+                argv = commands[index]
                 spec = quick.get(argv[0])
                 if spec is not None and spec.min_args <= len(argv) <= spec.max_args:
                     ran.append(spec.name)
@@ -355,6 +385,7 @@ class Sidecar:
                         if not reply.counted:  # type: ignore[union-attr]
                             self.count_error(reply.message)  # type: ignore[union-attr]
                         append(encode(reply, protocol))
+                        index += 1
                         continue
                     else:
                         append(encode(reply, protocol))
@@ -372,6 +403,7 @@ class Sidecar:
                     if session.closing:
                         return
                     quick = self._quick if self.is_plain(session) else _NO_COMMANDS
+                    runner = self.runner if quick else None
                     protocol = session.resp
                     null = _RESP3_NULL if protocol == 3 else _RESP2_NULL
                 if index & 15 == 15:
@@ -384,9 +416,64 @@ class Sidecar:
                             session.pending.extend(rest)
                             session.wake()
                         return
+                index += 1
         finally:
             if ran:
                 self._account(session, ran, perf_counter_ns() - started)
+
+    def _make_runner(self) -> _fast.Runner:
+        """The compiled fast-path loop over this sidecar's quick commands."""
+        from stratacache.resp import values
+        from stratacache.resp.handlers import hashes, lists, strings
+        from stratacache.resp.handlers._args import NOT_INTEGER
+        from stratacache.resp.keyspace import _REWEIGH_MIN, WRONGTYPE, Database
+
+        natives = {
+            "get": strings.get,
+            "set": strings.set_,
+            "incr": strings.incr,
+            "decr": strings.decr,
+            "incrby": strings.incrby,
+            "decrby": strings.decrby,
+            "mget": strings.mget,
+            "lpush": lists.lpush,
+            "rpush": lists.rpush,
+            "hset": hashes.hset,
+        }
+        return _fast.Runner(
+            session_type=Session,
+            database_type=Database,
+            sidecar=self,
+            keyspace=self.keyspace,
+            quick=self._quick,
+            natives=natives,
+            ok=OK,
+            error_type=ErrorReply,
+            on_reply=self._fast_reply,
+            on_exception=self._error_reply,
+            serve_ready=self.serve_ready,
+            wrongtype=WRONGTYPE,
+            not_integer=NOT_INTEGER,
+            overflow="ERR increment or decrement would overflow",
+            decr_overflow="ERR decrement would overflow",
+            containers=(
+                values.ListValue,
+                values.HashValue,
+                values._ITEM,
+                values._PAIR,
+                values.KEY_OVERHEAD,
+                _REWEIGH_MIN,
+            ),
+        )
+
+    def _fast_reply(self, spec: CommandSpec, reply: object, protocol: int) -> bytes:
+        """Encode a reply the compiled loop does not encode itself, counting an error reply as
+        :meth:`feed` does."""
+        if type(reply) is ErrorReply:
+            self.command_stats[spec.name][3] += 1
+            if not reply.counted:
+                self.count_error(reply.message)
+        return encode(reply, protocol)
 
     def _account(self, session: Session, ran: list[str], elapsed: int) -> None:
         """Count the quick commands of a batch: calls, and an equal share of the batch's time.
