@@ -2024,6 +2024,7 @@ typedef struct {
     LockObject *lock;
     PyObject *clock;    /* callable -> float seconds */
     PyObject *weigh;    /* the store's checked weigher: weigh(key, value) -> int */
+    PyObject *weigher;  /* the weigher itself, tried first: its checks are redone here */
     PyObject *slow;     /* the Python Store.set, for everything unusual */
     PyObject *reap;     /* reap(now, removed): advance the timer wheel (under the lock) */
     PyObject *notify;   /* notify(removed), or None when nobody listens */
@@ -2102,6 +2103,21 @@ WritePath_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, P
             weight = key_size + value_size;
     }
     if (weight < 0) {
+        /* The user's weigher straight, without Store._weigh's Python frame; a result that is not
+           an exact int in [0, 2**62], or an exception, is left to the checked path below, which
+           raises the WeigherError (the weigher is then called a second time). */
+        PyObject *argv[2] = {key, value};
+        PyObject *w = PyObject_Vectorcall(self->weigher, argv, 2, NULL);
+        if (w != NULL && PyLong_CheckExact(w)) {
+            int overflow = 0;
+            long long v = PyLong_AsLongLongAndOverflow(w, &overflow);
+            if (!overflow && v >= 0 && v <= (1LL << 62))
+                weight = v;
+        }
+        Py_XDECREF(w);
+        PyErr_Clear();
+    }
+    if (weight < 0) {
         PyObject *w = PyObject_CallFunctionObjArgs(self->weigh, key, value, NULL);
         if (w == NULL)
             return NULL;
@@ -2163,13 +2179,13 @@ WritePath_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, P
 static PyObject *
 WritePath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *policy, *lock, *clock, *weigh, *slow, *reap, *notify;
+    PyObject *policy, *lock, *clock, *weigh, *weigher, *slow, *reap, *notify;
     int default_weigher;
-    static char *kwlist[] = {"policy", "lock",  "clock",  "weigh", "default_weigher",
-                             "slow",   "reap",  "notify", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$O!O!OOpOOO", kwlist, &PolicyType, &policy,
-                                     &LockType, &lock, &clock, &weigh, &default_weigher, &slow,
-                                     &reap, &notify))
+    static char *kwlist[] = {"policy", "lock", "clock", "weigh",  "weigher", "default_weigher",
+                             "slow",   "reap", "notify", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$O!O!OOOpOOO", kwlist, &PolicyType, &policy,
+                                     &LockType, &lock, &clock, &weigh, &weigher, &default_weigher,
+                                     &slow, &reap, &notify))
         return NULL;
     if (policy_ready((PolicyObject *)policy) < 0)
         return NULL;
@@ -2181,6 +2197,7 @@ WritePath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->lock = (LockObject *)Py_NewRef(lock);
     self->clock = Py_NewRef(clock);
     self->weigh = Py_NewRef(weigh);
+    self->weigher = Py_NewRef(weigher);
     self->slow = Py_NewRef(slow);
     self->reap = Py_NewRef(reap);
     self->notify = Py_NewRef(notify);
@@ -2195,6 +2212,7 @@ WritePath_traverse(WritePathObject *self, visitproc visit, void *arg)
     Py_VISIT(self->lock);
     Py_VISIT(self->clock);
     Py_VISIT(self->weigh);
+    Py_VISIT(self->weigher);
     Py_VISIT(self->slow);
     Py_VISIT(self->reap);
     Py_VISIT(self->notify);
@@ -2208,6 +2226,7 @@ WritePath_clear(WritePathObject *self)
     Py_CLEAR(self->lock);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->weigh);
+    Py_CLEAR(self->weigher);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->reap);
     Py_CLEAR(self->notify);

@@ -108,6 +108,7 @@ class WritePath:
         lock: Lock,
         clock: Callable[[], float],
         weigh: Callable[[Any, Any], int],
+        weigher: Callable[[Any, Any], object],
         default_weigher: bool,
         slow: Callable[..., bool],
         reap: Callable[[float, list[Any]], None],

@@ -236,6 +236,7 @@ class Store:
                     lock=self._lock,
                     clock=self._clock,
                     weigh=self._weigh,
+                    weigher=self._weigher,
                     default_weigher=self._weigher is default_weigher,
                     slow=types.MethodType(Store.set, self),
                     reap=self._reap_due,
