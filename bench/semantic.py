@@ -2,18 +2,20 @@
 
 **Quality.** Every pair goes through the real pipeline: :class:`~stratacache.semantic.SemanticCache`
 over the packaged all-MiniLM-L6-v2 (:class:`~stratacache.semantic.LocalEmbedder`, offline), an
-exact index, the default guards and the packaged verifier. For pair *i*, text ``a`` is added to an
-empty partition of its own and ``b`` is looked up in it (:func:`stratacache.semantic.score_pairs`,
-the core of ``strata eval-pairs``), which gives the cosine score, the first guard veto, the
-verifier's probability and the decision.
+exact index, the default guards and the default verifier (the packaged cross-encoder; the
+packaged perceptron verifier is reported beside it on the same pairs). For pair *i*, text ``a`` is
+added to an empty partition of its own and ``b`` is looked up in it
+(:func:`stratacache.semantic.score_pairs`, the core of ``strata eval-pairs``), which gives the
+cosine score, the first guard veto, the verifier's probability and the decision.
 
-QQP pairs are split exactly as ``bench/fit_verifier.py`` split them to fit the verifier
-(:func:`fit_verifier.split_pairs`, by connected component of questions, seed 0): figures are on
-its *test* split, which the verifier was neither fitted nor thresholded on. Cosine-only thresholds
-are calibrated on the *validation* split under the same budget (at most ``--max-wrong`` wrong
-among pairs that must not match). ``adversarial_dev.jsonl`` is reported whole and per category;
-its ``paraphrase`` and ``near_repeat`` categories are the "plain rewordings". Beside ours, the
-same scores under two shipped default rules, with the same embedder and no guards:
+QQP pairs are split exactly as ``bench/fit_verifier.py`` and ``bench/fit_cross_encoder.py`` split
+them to fit the verifiers (:func:`fit_verifier.split_pairs`, by connected component of questions,
+seed 0): figures are on its *test* split, which no verifier was fitted or thresholded on.
+Cosine-only thresholds are calibrated on the *validation* split under the same budget (at most
+``--max-wrong`` wrong among pairs that must not match). ``adversarial_dev.jsonl`` is reported
+whole and per category; its ``paraphrase`` and ``near_repeat`` categories are the "plain
+rewordings". Beside ours, the same scores under two shipped default rules, with the same embedder
+and no guards:
 
 - GPTCache: ``similarity_threshold=0.8`` on cosine similarity;
 - RedisVL ``SemanticCache``: ``distance_threshold=0.1`` on cosine distance, i.e. similarity >= 0.9.
@@ -27,8 +29,9 @@ same scores under two shipped default rules, with the same embedder and no guard
 of the graph against the exact answer, ``SemanticCache.lookup`` with the query's vector already in
 the embedding cache ("embedding excluded") and with a text never seen ("embedding included": the
 full miss path); memory per entry (growth of the resident set while filling the index, divided by
-the entries); the verifier on one candidate. Entries are SYNTHETIC vectors of low intrinsic
-dimension (:func:`synthetic`) at every size, including 1M, and the report says so.
+the entries); each verifier on one candidate; and, on the same graph, the search at the other
+``--beams`` (``expansion_search`` values) with their recall. Entries are SYNTHETIC vectors of low
+intrinsic dimension (:func:`synthetic`) at every size, including 1M, and the report says so.
 
 The quality results come from, at the repository root::
 
@@ -70,6 +73,7 @@ import numpy as np
 from fit_verifier import split_pairs
 from machine import REPO_ROOT, describe, markdown_block
 from stratacache.semantic import (
+    CrossEncoder,
     EmbeddingCache,
     ExactIndex,
     LocalEmbedder,
@@ -79,10 +83,12 @@ from stratacache.semantic import (
     USearchIndex,
     calibrate,
     labelled,
+    packaged_cross_encoder,
     read_pairs,
     score_pairs,
     summarize,
 )
+from stratacache.semantic.verifier import packaged_verifier
 
 SHARED = REPO_ROOT.parent / "shared" / "semantic"
 GPTCACHE_THRESHOLD = 0.8
@@ -157,9 +163,24 @@ async def quality(args: argparse.Namespace, embeddings: EmbeddingCache) -> dict[
     verifier = cache.verifier
     thresholds: dict[str, float] = {}
     rows: list[Row] = []
-    name = f"ours: guards + verifier (cos >= {cache.threshold:.2f}, p >= {verifier.threshold:.3f})"
+    kind = "cross-encoder" if isinstance(verifier, CrossEncoder) else "perceptron verifier"
+    name = f"ours: guards + {kind} (cos >= {cache.threshold:.2f}, p >= {verifier.threshold:.3f})"
     thresholds[name] = cache.threshold
     rows += rows_for(name, scored, None, True)
+    encoder = packaged_cross_encoder(embeddings.model)
+    if encoder is not None and not isinstance(verifier, CrossEncoder):
+        # The opt-in cross-encoder on the same pairs.
+        crossed = SemanticCache(embeddings, ExactIndex(dimension), verifier=encoder)
+        scored_crossed = {
+            "qqp": await score_pairs(crossed, test, partition_prefix="qqp"),
+            "adversarial": await score_pairs(crossed, adversarial, partition_prefix="adv"),
+        }
+        name = (
+            f"ours: guards + cross-encoder, opt-in (cos >= {crossed.threshold:.2f},"
+            f" p >= {encoder.threshold:.3f})"
+        )
+        thresholds[name] = crossed.threshold
+        rows += rows_for(name, scored_crossed, None, True)
     for name, guarded in (("ours: cosine only", False), ("ours: cosine + guards", True)):
         cal = calibrate(
             labelled(scored["validation"], guarded=guarded), 0.0, max_false_hit_rate=args.max_wrong
@@ -193,6 +214,7 @@ async def quality(args: argparse.Namespace, embeddings: EmbeddingCache) -> dict[
             "adversarial": len(adversarial),
         },
         "verifier": dict(verifier.info),
+        "cross_encoder": None if encoder is None else dict(encoder.info),
     }
 
 
@@ -317,10 +339,21 @@ async def speed(
     result["sizes"] = sizes
 
     cache = SemanticCache(EmbeddingCache(embedder), ExactIndex(dimension))
-    verifier = cache.verifier
+    encoder = packaged_cross_encoder(embedder.model)
+    if encoder is not None:
+        model = embedder.sentence_model()
+        result["cross-encoder, one candidate"] = percentiles(
+            timed(
+                lambda: encoder.probabilities(
+                    model, ["How can I learn Python?"], ["How do I learn Python?"]
+                ),
+                200,
+            )
+        )
+    verifier = packaged_verifier(embedder.model)
     if verifier is not None:
         u, v = await cache.embeddings.embed(["How do I learn Python?", "How can I learn Python?"])
-        result["verifier, one candidate"] = percentiles(
+        result["perceptron verifier, one candidate"] = percentiles(
             timed(
                 lambda: verifier.probabilities(
                     ["How can I learn Python?"], ["How do I learn Python?"], v[None], u[None]
@@ -415,6 +448,23 @@ async def at_size(
     figures["top-1 agrees, near-duplicate queries"] = statistics.fmean(
         f[:1] == t[:1] for f, t in zip(found[:half], truth[:half], strict=True)
     )
+    # Other search beams on the same graph: the recall/latency trade-off without a rebuild.
+    for beam in args.beams:
+        if beam == args.expansion_search:
+            continue
+        index.expansion_search = beam
+        found.clear()
+        figures[f"index search (k=4), expansion_search {beam}"] = percentiles(
+            [t for q in queries_v for t in timed(lambda q=q: search(q), 1)]
+        )
+        overlap = [len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]
+        figures[f"expansion_search {beam}: recall@4 near-duplicate / fresh"] = (
+            f"{statistics.fmean(overlap[:half]):.3f} / {statistics.fmean(overlap[half:]):.3f}"
+        )
+        figures[f"expansion_search {beam}: top-1 agrees, near-duplicate"] = statistics.fmean(
+            f[:1] == t[:1] for f, t in zip(found[:half], truth[:half], strict=True)
+        )
+    index.expansion_search = args.expansion_search
     cache = SemanticCache(EmbeddingCache(embedder), index)
     known, fresh = texts[:queries], texts[queries : 2 * queries]
     await cache.embeddings.embed(known)
@@ -475,17 +525,20 @@ def _pct(value: float) -> str:
 
 
 READING = """\
-Reading the table: the QQP rows are on the test split of bench/fit_verifier.py, whose questions the
-verifier never saw (split by connected component of questions). QQP's "different" pairs are mostly
-different questions on one topic ("How do I learn Python?" / "... fast?"). At a 1 % wrong-answer
-budget the verifier (a small perceptron over the two MiniLM embeddings and lexical features) serves
-barely more duplicates than a cosine threshold with the guards, calibrated on the same validation
-pairs, and fewer of the adversarial rewordings: both stay far under the issue's targets (half of
-QQP's duplicates, 80 % of rewordings). The frozen sentence embeddings do not carry the detail that
-separates these pairs; a cross-encoder is the next thing to try. The guards keep every adversarial
-one-word trap out at either operating point. The adversarial set was used to develop the guards,
-so its rows are optimistic; the unit tests hold a separate hand-written set of traps and
-paraphrases."""
+Reading the table: the QQP rows are on the test split of bench/fit_verifier.py (also used by
+bench/fit_cross_encoder.py), whose questions no verifier saw (split by connected component of
+questions); every threshold was chosen on the validation split for at most 0.75 % wrong there.
+QQP's "different" pairs are mostly different questions on one topic ("How do I learn Python?" /
+"... fast?"). The default verifier is the perceptron (a small model over the two MiniLM embeddings
+and lexical features). The cross-encoder (MiniLM-L6's top two layers re-fitted on the pair read
+together, plus the perceptron's logit) serves more QQP duplicates, but its held-out wrong-answer
+rate overshoots the 1 % budget that validation promised, and it serves fewer of the adversarial
+rewordings: it is opt-in, not the default. Neither comes near the issue's targets (half of QQP's
+duplicates at 1 % wrong, 80 % of rewordings); the guards alone veto about a third of QQP's true
+duplicates (see below), and a two-layer re-fit on 32 k pairs did not learn enough. The guards keep
+every adversarial one-word trap out at each of our operating points. The adversarial set was used
+to develop the guards, so its rows are optimistic; the unit tests hold a separate hand-written set
+of traps and paraphrases."""
 
 
 SPEED_READING = """\
@@ -495,9 +548,11 @@ normalised. Queries are half near-duplicates of stored entries (cosine about 0.9
 case) and half fresh vectors (a miss). Both indexes are filled with `add_many` (the bulk path);
 "add one by one" is `USearchIndex.add` on the first 2,000. Recall@4 compares the USearchIndex's
 4 ids with the ExactIndex's (numpy brute force) on the same entries in the same run. Graph
-settings: {settings}. The lookup rows run `SemanticCache.lookup` over the same USearchIndex with
-the packaged MiniLM: "embedding excluded" has the query's vector in the embedding cache,
-"embedding included" embeds a text never seen (the full miss path, embedding off the event loop).
+settings: {settings} (an f16 graph re-scores its candidates against float32 copies, so the scores
+are exact); the "expansion_search N" rows search the same graph with another beam. The lookup
+rows run `SemanticCache.lookup` over the same USearchIndex with the packaged MiniLM: "embedding
+excluded" has the query's vector in the embedding cache, "embedding included" embeds a text never
+seen (the full miss path, embedding off the event loop).
 Bytes per entry is the growth of the resident set while filling that index (ids, texts and
 bookkeeping included), so it is rough."""
 
@@ -518,8 +573,14 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--connectivity", type=int, default=16)
     parser.add_argument("--expansion-add", type=int, default=128)
-    parser.add_argument("--expansion-search", type=int, default=64)
-    parser.add_argument("--dtype", choices=("f32", "f16"), default="f32")
+    parser.add_argument("--expansion-search", type=int, default=32)
+    parser.add_argument("--dtype", choices=("f32", "f16"), default="f16")
+    parser.add_argument(
+        "--beams",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        default=[16, 64],
+        help="other expansion_search values measured on the same graph",
+    )
     parser.add_argument(
         "--embedding-cache",
         type=Path,

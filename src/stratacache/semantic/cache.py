@@ -7,10 +7,13 @@ exact hit, so verification, expiry and invalidation of the record itself stay in
 
 A lookup is: embed (through the :class:`~stratacache.semantic.embedders.EmbeddingCache`), search the
 partition for the best few candidates, and take the best one whose score is at least the threshold,
-which no guard vetoes and, when a :class:`~stratacache.semantic.verifier.Verifier` is in use, which
-the verifier accepts. The packaged verifier is used by default with the packaged embedding model;
-its cosine floor then replaces :data:`DEFAULT_THRESHOLD`. Vetoes are counted per guard (and as
-``verifier`` for the verifier's rejections) in :meth:`SemanticCache.stats`.
+which no guard vetoes and, when a verifier is in use, which the verifier accepts. With the packaged
+embedding model the default verifier is the packaged perceptron
+:class:`~stratacache.semantic.verifier.Verifier`; the packaged
+:class:`~stratacache.semantic.cross_encoder.CrossEncoder` (it reads both questions together, and
+runs only on candidates that passed the floor and the guards) is opt-in. The verifier's cosine
+floor replaces :data:`DEFAULT_THRESHOLD`. Vetoes are counted per guard (and as ``verifier`` for the
+verifier's rejections) in :meth:`SemanticCache.stats`.
 
 :func:`calibrate` picks the threshold from labelled pairs: the lowest one (most hits) whose
 precision meets a target, optionally under a wrong-answer budget as well.
@@ -18,6 +21,7 @@ precision meets a target, optionally under a wrong-answer budget as well.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -25,10 +29,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stratacache.errors import ConfigError
 from stratacache.semantic.base import Embedder, Guard, GuardVerdict, Match, VectorIndex
+from stratacache.semantic.cross_encoder import CrossEncoder
 from stratacache.semantic.embedders import EmbeddingCache
 from stratacache.semantic.guards import default_guards, first_veto
 from stratacache.semantic.verifier import Verifier, packaged_verifier
@@ -208,9 +213,12 @@ class SemanticCache:
         the verifier's floor when a verifier is in use, else :data:`DEFAULT_THRESHOLD`.
     :param clock: wall-clock Unix seconds (default ``time.time``), for entries added already expired.
     :param candidates: how many nearest entries to check against the guards per lookup.
-    :param verifier: ``True`` (default): the packaged verifier when its weights are installed and
-        were fitted on the embedder's model, else none; ``False``: none; or a
-        :class:`~stratacache.semantic.verifier.Verifier` (its model must be the embedder's).
+    :param verifier: ``True`` (default): the packaged perceptron verifier when it was fitted on
+        the embedder's model, else none; ``False``: none; or a
+        :class:`~stratacache.semantic.verifier.Verifier` or
+        :class:`~stratacache.semantic.cross_encoder.CrossEncoder` (e.g.
+        :func:`~stratacache.semantic.cross_encoder.packaged_cross_encoder`; its model must be the
+        embedder's, and a cross-encoder also needs a local embedder).
     """
 
     def __init__(
@@ -222,7 +230,7 @@ class SemanticCache:
         clock: Callable[[], float] = time.time,
         *,
         candidates: int = 4,
-        verifier: Verifier | bool = True,
+        verifier: Verifier | CrossEncoder | bool = True,
     ) -> None:
         self._embeddings = (
             embedder if isinstance(embedder, EmbeddingCache) else EmbeddingCache(embedder)
@@ -254,7 +262,7 @@ class SemanticCache:
         return self._threshold
 
     @property
-    def verifier(self) -> Verifier | None:
+    def verifier(self) -> Verifier | CrossEncoder | None:
         """The verifier consulted after the guards, if any."""
         return self._verifier
 
@@ -348,7 +356,11 @@ class SemanticCache:
         ]
 
     async def _probabilities(
-        self, verifier: Verifier, text: str, vector: Vectors, matches: Sequence[Match]
+        self,
+        verifier: Verifier | CrossEncoder,
+        text: str,
+        vector: Vectors,
+        matches: Sequence[Match],
     ) -> list[float | None]:
         import numpy as np
 
@@ -358,10 +370,23 @@ class SemanticCache:
         if not rows:
             return out
         texts = [matches[i].text for i in rows]
-        # The stored texts were embedded when added, so this is normally an embedding-cache hit.
-        others = await self._embeddings.embed(texts)
-        queries = np.repeat(vector[None, :], len(rows), axis=0)
-        found = verifier.probabilities([text] * len(rows), texts, queries, others)
+        if isinstance(verifier, CrossEncoder):
+            # One transformer pass over the pair: CPU-bound, so off the event loop like the
+            # embedder. The model is the embedder's own (checked when the cache was made).
+            model = _sentence_model(self._embeddings)
+            u = v = None
+            if verifier.perceptron is not None:
+                v = await self._embeddings.embed(texts)  # cached when the texts were added
+                u = np.repeat(vector[None, :], len(rows), axis=0)
+            found = await asyncio.to_thread(
+                verifier.probabilities, model, [text] * len(rows), texts, u, v
+            )
+        else:
+            # The stored texts were embedded when added, so this is normally an embedding-cache
+            # hit.
+            others = await self._embeddings.embed(texts)
+            queries = np.repeat(vector[None, :], len(rows), axis=0)
+            found = verifier.probabilities([text] * len(rows), texts, queries, others)
         for i, p in zip(rows, found, strict=True):
             out[i] = float(p)
         return out
@@ -424,17 +449,35 @@ class SemanticCache:
             )
 
 
-def _choose_verifier(choice: Verifier | bool, embeddings: EmbeddingCache) -> Verifier | None:
+def _sentence_model(embeddings: EmbeddingCache) -> Any:
+    """The loaded sentence-transformers model behind ``embeddings`` (a cross-encoder reuses its
+    tokenizer and lower layers), or ``None`` when the embedder is not a local one."""
+    getter = getattr(embeddings.embedder, "sentence_model", None)
+    return getter() if callable(getter) else None
+
+
+def _choose_verifier(
+    choice: Verifier | CrossEncoder | bool, embeddings: EmbeddingCache
+) -> Verifier | CrossEncoder | None:
     if choice is False:
         return None
+    # A cross-encoder runs on the local embedder's own model; a remote embedder has none here.
+    local = callable(getattr(embeddings.embedder, "sentence_model", None))
     if choice is True:
         # Only the model's name is compared here: asking a local model its dimension loads it,
         # and constructing the cache must stay cheap (the verifier checks it on first use).
+        # The perceptron, not the cross-encoder: on held-out QQP pairs the packaged cross-encoder
+        # served more duplicates but overshot the 1 % wrong-answer budget its threshold was
+        # chosen for, and served fewer plain rewordings (bench/results/semantic.md).
         return packaged_verifier(embeddings.model)
-    if not isinstance(choice, Verifier):
-        raise ConfigError(f"verifier must be a Verifier, True or False, not {choice!r}")
+    if not isinstance(choice, Verifier | CrossEncoder):
+        raise ConfigError(
+            f"verifier must be a Verifier, a CrossEncoder, True or False, not {choice!r}"
+        )
     if choice.model != embeddings.model:
         raise ConfigError(f"the verifier was fitted on {choice.model}, not on {embeddings.model}")
+    if isinstance(choice, CrossEncoder) and not local:
+        raise ConfigError("a cross-encoder needs a LocalEmbedder (it reuses its model's layers)")
     return choice
 
 

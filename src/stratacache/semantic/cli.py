@@ -11,7 +11,8 @@ keys belong to ``strata serve`` and are not read here)::
 
     [semantic]
     threshold = 0.7              # cosine floor (default: the verifier's, else 0.95)
-    verifier = true              # the packaged verifier; false: none; or a weight file's path
+    verifier = true              # the packaged perceptron; "cross-encoder": the packaged
+                                 # cross-encoder; false: none; or a weight file's path
     verifier_threshold = 0.8     # override the verifier's probability threshold
     guards = true                # the default guards; false: none
     candidates = 4               # nearest entries checked per lookup
@@ -42,7 +43,10 @@ if TYPE_CHECKING:
     from stratacache.semantic.cache import SemanticCache
     from stratacache.semantic.evaluation import PairOutcome, PairSummary
 
-__all__ = ["PipelineSettings", "calibrate_command", "eval_pairs_command"]
+__all__ = ["CROSS_ENCODER", "PipelineSettings", "calibrate_command", "eval_pairs_command"]
+
+CROSS_ENCODER = "cross-encoder"
+"""The ``verifier`` setting that selects the packaged cross-encoder (opt-in)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,7 @@ class PipelineSettings:
     def build(self) -> SemanticCache:
         """An empty :class:`~stratacache.semantic.SemanticCache` with this pipeline."""
         from stratacache.semantic.cache import SemanticCache
+        from stratacache.semantic.cross_encoder import CrossEncoder, packaged_cross_encoder
         from stratacache.semantic.embedders import LocalEmbedder, RemoteEmbedder
         from stratacache.semantic.index import ExactIndex
         from stratacache.semantic.verifier import Verifier
@@ -132,9 +137,15 @@ class PipelineSettings:
             embedder: Any = RemoteEmbedder(self.embedder_url, str(self.embedder_model), api_key=key)
         else:
             embedder = LocalEmbedder()
-        verifier: Verifier | bool = (
-            Verifier.load(self.verifier) if isinstance(self.verifier, str) else self.verifier
-        )
+        verifier: Verifier | CrossEncoder | bool | None
+        if self.verifier == CROSS_ENCODER:
+            verifier = packaged_cross_encoder(embedder.model)
+            if verifier is None:
+                raise ConfigError(f"no packaged cross-encoder fits {embedder.model}")
+        elif isinstance(self.verifier, str):
+            verifier = _load_verifier(self.verifier)
+        else:
+            verifier = self.verifier
         cache = SemanticCache(
             embedder,
             # Each pair gets a partition of one entry: an exact scan is what any index does there.
@@ -198,13 +209,31 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1%}"
 
 
+def _load_verifier(path: str) -> Any:
+    """A weight file of either kind: a cross-encoder's or the perceptron verifier's."""
+    from stratacache.semantic.cross_encoder import CrossEncoder
+    from stratacache.semantic.verifier import Verifier
+
+    if not Path(path).is_file():
+        raise ConfigError(f"no verifier weights at {path}")
+    try:
+        return CrossEncoder.load(path)
+    except ConfigError as cross_error:
+        if "format" not in str(cross_error) and "layers" not in str(cross_error):
+            raise
+    return Verifier.load(path)
+
+
 def _pipeline(cache: SemanticCache) -> dict[str, Any]:
+    from stratacache.semantic.cross_encoder import CrossEncoder
+
     verifier = cache.verifier
+    kind = "cross-encoder" if isinstance(verifier, CrossEncoder) else "perceptron"
     return {
         "embedder": cache.embeddings.model,
         "threshold": cache.threshold,
         "guards": [g.name for g in cache.guards],
-        "verifier": None if verifier is None else {"threshold": verifier.threshold},
+        "verifier": None if verifier is None else {"threshold": verifier.threshold, "kind": kind},
     }
 
 
@@ -246,7 +275,11 @@ def eval_pairs_command(*, file: Path, config: Path | None, as_json: bool) -> Non
     click.echo(
         f"pipeline: {pipeline['embedder']}, cosine >= {cache.threshold:.3f}, guards"
         f" {','.join(pipeline['guards']) or 'none'}, verifier "
-        + ("none" if cache.verifier is None else f"p >= {cache.verifier.threshold:.3f}")
+        + (
+            "none"
+            if cache.verifier is None
+            else f"{pipeline['verifier']['kind']} p >= {cache.verifier.threshold:.3f}"
+        )
     )
 
 

@@ -132,6 +132,7 @@ class LocalEmbedder:
         self._batch_size = batch_size
         self._device = device
         self._model: Any = None
+        self._plain: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -148,6 +149,11 @@ class LocalEmbedder:
         )
         return int(getter())
 
+    def sentence_model(self) -> Any:
+        """The loaded sentence-transformers model (loads it); a
+        :class:`~stratacache.semantic.cross_encoder.CrossEncoder` reuses its lower layers."""
+        return self._load()
+
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts`` in batches; return unit-length float32 rows."""
         texts = _check_texts(texts)
@@ -157,13 +163,16 @@ class LocalEmbedder:
             empty: Vectors = np.zeros((0, self.dimension), dtype=np.float32)
             return empty
         if len(texts) == 1:
-            # The latency path (one query per cache miss): tokenise with the model's own
-            # preprocessing and run its modules under inference_mode, skipping encode()'s
-            # per-call machinery (length sorting, progress bar, dtype/device shuffles), which
-            # costs a few milliseconds on a ~7 ms forward pass. Same modules, same output.
+            # The latency path (one query per cache miss).
             import torch
 
+            plain = self._plain_bert(model)
             with torch.inference_mode():
+                if plain is not None:
+                    return normalize(plain(texts[0]).numpy())
+                # Not a plain mean-pooled BERT: tokenise with the model's own preprocessing and
+                # run its modules, still skipping encode()'s per-call machinery (length sorting,
+                # progress bar, dtype/device shuffles).
                 features = model.preprocess(list(texts))
                 output = model(features)["sentence_embedding"]
                 return normalize(output.float().cpu().numpy())
@@ -175,6 +184,69 @@ class LocalEmbedder:
             show_progress_bar=False,
         )
         return normalize(vectors)
+
+    def _plain_bert(self, model: Any) -> Any:
+        """A one-text forward pass for a mean-pooled, normalised BERT (the packaged model), or
+        ``None`` for any other architecture.
+
+        ``transformers``' BertModel spends about a third of a one-text pass on Python machinery
+        (attention-interface dispatch, mask building, output capturing, per-module hooks): the
+        same arithmetic written out (:func:`~stratacache.semantic.cross_encoder.bert_layer`) over
+        the model's own tensors gives the same vector faster. Built once per loaded model.
+        """
+        if self._plain is not None:
+            return self._plain if self._plain is not False else None
+        self._plain = False
+        try:
+            transformer, pooling = model[0], model[1]
+            config = transformer.auto_model.config
+            modes = pooling.get_config_dict()
+            # sentence-transformers names the pooling one way or the other, by release.
+            pooled_by_mean = modes.get("pooling_mode") == "mean" or (
+                modes.get("pooling_mode") is None
+                and modes.get("pooling_mode_mean_tokens") is True
+                and not any(
+                    modes.get(k)
+                    for k in (
+                        "pooling_mode_cls_token",
+                        "pooling_mode_max_tokens",
+                        "pooling_mode_mean_sqrt_len_tokens",
+                        "pooling_mode_weightedmean_tokens",
+                        "pooling_mode_lasttoken",
+                    )
+                )
+            )
+            plain = (
+                len(model) == 3
+                and type(model[2]).__name__ == "Normalize"
+                and config.model_type == "bert"
+                and getattr(config, "position_embedding_type", "absolute") == "absolute"
+                and config.hidden_act == "gelu"
+                and pooled_by_mean
+                and self._device == "cpu"
+            )
+        except (AttributeError, IndexError, KeyError, TypeError):
+            plain = False
+        if not plain:
+            return None
+        from stratacache.semantic.cross_encoder import bert_layer, embed_tokens, layer_params
+
+        state = transformer.auto_model.state_dict()
+        layers = [layer_params(state, i) for i in range(config.num_hidden_layers)]
+        heads = int(config.num_attention_heads)
+        eps = float(config.layer_norm_eps)
+        tokenizer = transformer.tokenizer
+        limit = int(model.max_seq_length)
+
+        def forward(text: str) -> Any:
+            batch = tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
+            h = embed_tokens(state, batch["input_ids"], batch["token_type_ids"], eps=eps)
+            for p in layers:
+                h = bert_layer(h, p, heads, eps=eps)
+            return h.mean(dim=1)
+
+        self._plain = forward
+        return forward
 
     def _load(self) -> Any:
         with self._lock:
