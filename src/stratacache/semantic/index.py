@@ -180,6 +180,7 @@ class _USearchShard:
             raise MissingExtraError("usearch", "semantic") from exc
         self._np = _numpy()
         self._threads = settings.threads
+        self._beam = settings.expansion_search
         self._exact = _ExactShard(dimension) if settings.dtype != "f32" else None
         self._index = Index(
             ndim=dimension,
@@ -224,6 +225,11 @@ class _USearchShard:
     def search(self, vector: Vectors, k: int) -> list[tuple[int, float]]:
         if len(self._index) == 0:
             return []
+        if self._exact is not None and len(self._index) <= self._beam:
+            # A graph no larger than its search beam: the walk would visit every node anyway, and
+            # the exact scan of the float32 copy is as fast and finds a node the graph linked
+            # badly (seen with usearch's multi-threaded bulk insert into a 40-node graph).
+            return self._exact.search(vector, k)
         # A half-precision graph ranks by rounded scores: two entries within ~1e-3 of each other
         # may swap, so it is asked for a few more than k and the exact re-score picks the k.
         count = k if self._exact is None else min(len(self._index), k + max(k, 4))
@@ -247,6 +253,7 @@ class _USearchShard:
     def set_expansion_search(self, value: int) -> None:
         # usearch's property has a setter at run time; its type stub declares it read-only.
         setattr(self._index, "expansion_search", value)  # noqa: B010
+        self._beam = value
 
     def get(self, label: int) -> Vectors:
         if self._exact is not None:
