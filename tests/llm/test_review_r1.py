@@ -13,48 +13,38 @@ slow tier whose read is in flight while an invalidation runs), never by sleeping
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
-import orjson
-import pytest
-
-from proxy.fake_upstream import FakeUpstream, running_fake_upstream
+from proxy.fake_upstream import FakeUpstream
 from stratacache.llm.cache import (
     CacheStatus,
     LLMCache,
     LLMRequest,
-    LLMResponse,
     RoutePolicy,
     derive_tenant_secret,
 )
 from stratacache.llm.keys import Route, request_key, tenant_for
-from stratacache.llm.records import HmacSigner, RecordCodec
 from stratacache.llm.rules import CacheRules, NamespaceVersion, Rule
 from stratacache.proxy.upstream import HTTPUpstream
 from stratacache.tiers import MemoryTier, TierChain, TierEntry
 
-KEY = b"r" * 32
-AUTH = {"authorization": "Bearer sk-review"}
+from .review_support import (
+    AUTH,
+    KEY,
+    Clock,
+    ask,
+    clock,
+    content,
+    fake,
+    fake_module,
+    make_cache,
+    make_layer,
+    read,
+    upstream,
+)
+
+__all__ = ["clock", "fake", "fake_module", "upstream"]  # fixtures, imported
+
 TENANT = tenant_for("sk-review", secret=derive_tenant_secret(KEY))
-SYSTEM = {"role": "system", "content": "You answer questions about the shop in one sentence."}
-
-
-def ask(text: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": "gpt-4o-mini",
-        "messages": [SYSTEM, {"role": "user", "content": text}],
-        "temperature": 0,
-        **extra,
-    }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class GatedTier(MemoryTier):
@@ -76,69 +66,6 @@ class GatedTier(MemoryTier):
             self.reached.set()
             await self.gate.wait()
         return entry
-
-
-@pytest.fixture(scope="module")
-def fake_module() -> Iterator[FakeUpstream]:
-    with running_fake_upstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(fake_module: FakeUpstream) -> Iterator[FakeUpstream]:
-    fake_module.reset()
-    yield fake_module
-    fake_module.reset()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def upstream(fake: FakeUpstream) -> AsyncIterator[HTTPUpstream]:
-    client = HTTPUpstream(fake.base_url)
-    yield client
-    await client.aclose()
-
-
-def make_cache(tiers: TierChain, upstream: HTTPUpstream, clock: Clock, **options: Any) -> LLMCache:
-    return LLMCache(
-        tiers,
-        RecordCodec(HmacSigner(KEY)),
-        upstream,
-        tenant_secret=derive_tenant_secret(KEY),
-        clock=clock,
-        **options,
-    )
-
-
-def make_layer(clock: Clock) -> Any:
-    pytest.importorskip("numpy")
-    from semantic.helpers import HashingEmbedder
-    from stratacache.llm.semantic import semantic_layer
-    from stratacache.semantic import EmbeddingCache, ExactIndex
-
-    embedder = HashingEmbedder()
-    return semantic_layer(
-        EmbeddingCache(embedder),
-        ExactIndex(embedder.dimension, clock=clock),
-        thresholds={Route.CHAT: None},
-        clock=clock,
-    )
-
-
-async def read(response: LLMResponse) -> bytes:
-    if response.body is not None:
-        return response.body
-    assert response.stream is not None
-    return b"".join([chunk async for chunk in response.stream])
-
-
-def content(body: bytes) -> str:
-    text: str = orjson.loads(body)["choices"][0]["message"]["content"]
-    return text
 
 
 async def until_landed_in_table(cache: LLMCache) -> None:
