@@ -238,6 +238,44 @@ def test_a_zigzag_hands_the_window_the_whole_cache() -> None:
     assert ours >= lru - 0.015, f"W-TinyLFU {ours:.3f} vs LRU {lru:.3f}"
 
 
+def test_before_the_first_hit_newcomers_are_admitted_as_lru_would() -> None:
+    evictions = Evictions()
+    store = Store(max_entries=SIZE, rng=random.Random(1), on_evict=evictions)
+    for key in range(3 * SIZE):
+        store.set(key, key)
+    # Nothing was hit, so the sketch had no reason to prefer the first keys: the last SIZE stay.
+    assert store.stats().rejections == 0
+    assert all(key in store for key in range(2 * SIZE, 3 * SIZE))
+    assert evictions.count(RemovalCause.REJECTED) == 0
+
+    assert store.get(3 * SIZE - 1) == 3 * SIZE - 1  # the first hit: frequency decides from now on
+    for key in range(3 * SIZE, 5 * SIZE):
+        store.set(key, key)
+    assert store.stats().rejections > SIZE
+    assert evictions.count(RemovalCause.REJECTED) == store.stats().rejections
+
+
+def test_admitting_everything_ends_after_a_few_cache_fulls_without_a_hit() -> None:
+    # A loop longer than the cache never hits under LRU; admitting as LRU would forever would
+    # keep it at zero, so the cold start ends on its own and the loop is then partly cached.
+    trace = list(range(SIZE + SIZE // 2)) * 20
+    store = Store(max_entries=SIZE, rng=random.Random(1))
+    ours = replay(store, trace)
+    assert lru_hit_ratio(trace, SIZE) == 0
+    assert store.stats().rejections > 0
+    assert ours > 0.4
+
+
+def test_the_first_turn_of_a_sweep_hits_as_lru_does() -> None:
+    # Back and forth over three cache sizes: LRU's hits come just after each turn, the first
+    # included, before any hit has shown the policy what pays (the backf trace has this shape).
+    trace = zigzag_trace(12, 3 * SIZE)
+    lru = lru_hit_ratio(trace, SIZE)
+    ours = store_hit_ratio(trace)
+    assert lru > 0.25
+    assert ours >= lru - 0.01, f"W-TinyLFU {ours:.3f} vs LRU {lru:.3f}"
+
+
 @pytest.mark.parametrize("items", [2 * SIZE, 10 * SIZE])
 def test_a_loop_keeps_the_window_small(items: int) -> None:
     # LRU never hits a loop larger than the cache, so the shadow never leads and the window stays

@@ -48,6 +48,7 @@
 #define PROTECTED_SHARE 0.80
 #define TRANSFER_LIMIT 1000
 #define HASHDOS_THRESHOLD 6
+#define COLD_INSERTS 4
 #define SHADOW_KEYS 1024
 #define SHADOW_PERIOD 2
 #define SHADOW_LEAD 20
@@ -1081,6 +1082,9 @@ evict_entry(PolicyObject *self, EntryObject *e, int rejected, PyObject *removed)
 static int
 admit(PolicyObject *self, EntryObject *candidate, EntryObject *victim)
 {
+    /* policy.py's _admit: before the first hit, admit as LRU would (see there). */
+    if (self->hits == 0 && self->insertions < COLD_INSERTS * (long long)PyDict_GET_SIZE(self->data))
+        return 1;
     Py_hash_t hc = PyObject_Hash(candidate->key);
     if (hc == -1)
         return -1;
