@@ -13,7 +13,9 @@ the fake upstream's hold/release controls, never by sleeping for timing.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -21,6 +23,7 @@ from proxy.fake_upstream import FakeUpstream
 from redis_server import redis_server, redis_url
 from stratacache.llm.cache import (
     CacheStatus,
+    LLMCache,
     LLMRequest,
     RoutePolicy,
     derive_tenant_secret,
@@ -450,6 +453,42 @@ def instance_chain(url: str, clock: Clock, *, history: int = 4096) -> tuple[Tier
     return TierChain([l0, redis_tier], clock=clock), l0
 
 
+class Instances(NamedTuple):
+    """Two instances, A and B, sharing one Redis (see :func:`two_instances`)."""
+
+    a: LLMCache
+    b: LLMCache
+    b_l0: Any
+    a_tiers: TierChain
+
+
+@asynccontextmanager
+async def two_instances(
+    url: str,
+    upstream: HTTPUpstream,
+    clock: Clock,
+    *,
+    b_history: int = 4096,
+    b_observer: Any = None,
+    routes: dict[Route, RoutePolicy] | None = None,
+) -> AsyncIterator[Instances]:
+    """Instances A and B on one Redis, subscribed to each other's invalidations; closed after."""
+    a_tiers, a_l0 = instance_chain(url, clock)
+    b_tiers, b_l0 = instance_chain(url, clock, history=b_history)
+    caches: list[LLMCache] = []
+    try:
+        await a_l0.wait_subscribed()
+        await b_l0.wait_subscribed()
+        caches.append(make_cache(a_tiers, upstream, clock, routes=routes))
+        caches.append(make_cache(b_tiers, upstream, clock, observer=b_observer, routes=routes))
+        yield Instances(caches[0], caches[1], b_l0, a_tiers)
+    finally:
+        for cache in caches:
+            await cache.aclose()
+        await a_tiers.close()
+        await b_tiers.close()
+
+
 async def heard(l0: Any, count: int) -> None:
     """Wait until an instance's coherent L0 has applied ``count`` invalidations from the others
     (an event in another process, polled)."""
@@ -579,17 +618,11 @@ async def test_an_answer_fetched_across_another_instances_invalidation_is_not_st
     stored``: the tag is invalidated through instance A (``DELETE /admin/tags/widget``) while B's
     upstream call for a widget question is on its way; B then stores that answer in Redis, where
     A serves it."""
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
-    a = make_cache(a_tiers, upstream, clock)
-    b = make_cache(b_tiers, upstream, clock)
-    body = ask("What does the green widget cost?")
-    headers = {**AUTH, "x-cache-tags": "widget"}
-    fake.hold_after = 0
-    first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=headers)))
-    try:
+    async with two_instances(shared_redis_url, upstream, clock) as (a, b, b_l0, _):
+        body = ask("What does the green widget cost?")
+        headers = {**AUTH, "x-cache-tags": "widget"}
+        fake.hold_after = 0
+        first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=headers)))
         await wait_held(fake, 1)
         await a.invalidate_tag("widget")  # the price changed while B's answer was on its way
         await heard(b_l0, 1)  # B hears of it
@@ -598,11 +631,6 @@ async def test_an_answer_fetched_across_another_instances_invalidation_is_not_st
         await b.drain()
         again = await a.handle(LLMRequest(Route.CHAT, body, headers=headers))
         assert again.cache is CacheStatus.MISS, f"{again.cache} from {again.tier}"
-    finally:
-        await a.aclose()
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
 
 
 async def test_another_instances_unrelated_write_does_not_stop_coalescing(
@@ -612,16 +640,16 @@ async def test_another_instances_unrelated_write_does_not_stop_coalescing(
     L0s drop the key), and counts among what an instance has heard. A request may join a call
     in flight only while nothing was heard since it started; with other instances storing
     answers all the time, identical requests no longer share a call: each makes its own."""
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
     observer = Coalescing()
-    b = make_cache(b_tiers, upstream, clock, observer=observer)
-    body = ask("What does the silver widget cost?")
-    fake.hold_after = 0
-    first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=AUTH)))
-    try:
+    async with two_instances(shared_redis_url, upstream, clock, b_observer=observer) as (
+        _,
+        b,
+        b_l0,
+        a_tiers,
+    ):
+        body = ask("What does the silver widget cost?")
+        fake.hold_after = 0
+        first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=AUTH)))
         await wait_held(fake, 1)
         # Meanwhile A stores an answer to another question (as the write path does).
         assert await a_tiers.set("another/default/chat.completions/0", TierEntry(b"answer"))
@@ -634,10 +662,6 @@ async def test_another_instances_unrelated_write_does_not_stop_coalescing(
         await read(joined)
         assert joined.cache is CacheStatus.COALESCED, joined.cache
         assert fake.calls["/v1/chat/completions"] == 1
-    finally:
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
 
 
 async def test_other_instances_writes_during_a_long_call_do_not_stop_its_store(
@@ -648,16 +672,15 @@ async def test_other_instances_writes_during_a_long_call_do_not_stop_its_store(
     heard since its call started concerns it, and a history that has overflowed answers yes, so
     a call during which the other instances stored more answers than the history holds (a
     20 s completion at 200 stores a second) is stored in no tier: Redis included."""
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock, history=8)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
-    a = make_cache(a_tiers, upstream, clock)
-    b = make_cache(b_tiers, upstream, clock)
-    body = ask("What does the golden widget cost?")
-    fake.hold_after = 0
-    first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=AUTH)))
-    try:
+    async with two_instances(shared_redis_url, upstream, clock, b_history=8) as (
+        a,
+        b,
+        b_l0,
+        a_tiers,
+    ):
+        body = ask("What does the golden widget cost?")
+        fake.hold_after = 0
+        first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=AUTH)))
         await wait_held(fake, 1)
         for i in range(9):  # meanwhile A stores answers to other questions
             assert await a_tiers.set(f"another/default/chat.completions/{i}", TierEntry(b"x"))
@@ -667,11 +690,6 @@ async def test_other_instances_writes_during_a_long_call_do_not_stop_its_store(
         await b.drain()
         again = await a.handle(LLMRequest(Route.CHAT, body, headers=AUTH))
         assert again.cache is CacheStatus.HIT, "B's answer was stored nowhere"
-    finally:
-        await a.aclose()
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
 
 
 async def test_a_later_request_does_not_launder_an_answer_from_before_the_invalidation(
@@ -681,18 +699,17 @@ async def test_a_later_request_does_not_launder_an_answer_from_before_the_invali
     it; a second request for the same key on B then misses in B's L0 again (the L0 now dates the
     key's miss after the invalidation) and joins the call from before it. That call's answer is
     stored in Redis and served by A."""
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
-    a = make_cache(a_tiers, upstream, clock)
     observer = Coalescing()
-    b = make_cache(b_tiers, upstream, clock, observer=observer)
-    body = ask("What does the black widget cost?")
-    headers = {**AUTH, "x-cache-tags": "widget"}
-    fake.hold_after = 0
-    first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=headers)))
-    try:
+    async with two_instances(shared_redis_url, upstream, clock, b_observer=observer) as (
+        a,
+        b,
+        b_l0,
+        _,
+    ):
+        body = ask("What does the black widget cost?")
+        headers = {**AUTH, "x-cache-tags": "widget"}
+        fake.hold_after = 0
+        first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=headers)))
         await wait_held(fake, 1)
         await a.invalidate_tag("widget")  # the price changed while B's answer was on its way
         await heard(b_l0, 1)
@@ -706,11 +723,6 @@ async def test_a_later_request_does_not_launder_an_answer_from_before_the_invali
         # A fresh answer (the second request's own call, made after the invalidation) may be
         # stored and served; the first call's may not.
         assert content(await read(again)) != before, f"{again.cache} from {again.tier}"
-    finally:
-        await a.aclose()
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
 
 
 async def test_a_long_call_under_traffic_still_respects_another_instances_invalidation(
@@ -723,17 +735,11 @@ async def test_a_long_call_under_traffic_still_respects_another_instances_invali
     for forgotten invalidations, not for forgotten misses)."""
     from stratacache.tiers import coherence
 
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
-    a = make_cache(a_tiers, upstream, clock)
-    b = make_cache(b_tiers, upstream, clock)
-    body = ask("What does the white widget cost?")
-    headers = {**AUTH, "x-cache-tags": "widget"}
-    fake.hold_after = 0
-    first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=headers)))
-    try:
+    async with two_instances(shared_redis_url, upstream, clock) as (a, b, b_l0, _):
+        body = ask("What does the white widget cost?")
+        headers = {**AUTH, "x-cache-tags": "widget"}
+        fake.hold_after = 0
+        first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=headers)))
         await wait_held(fake, 1)
         await a.invalidate_tag("widget")  # the price changed while B's answer was on its way
         await heard(b_l0, 1)
@@ -744,11 +750,6 @@ async def test_a_long_call_under_traffic_still_respects_another_instances_invali
         await b.drain()
         again = await a.handle(LLMRequest(Route.CHAT, body, headers=headers))
         assert again.cache is CacheStatus.MISS, f"{again.cache} from {again.tier}"
-    finally:
-        await a.aclose()
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
 
 
 async def test_a_no_cache_answer_fetched_across_another_instances_invalidation_is_not_stored(
@@ -756,18 +757,12 @@ async def test_a_no_cache_answer_fetched_across_another_instances_invalidation_i
 ) -> None:
     """As above, for a request that skips the lookup (``Cache-Control: no-cache``) but may store
     its answer: a refresh asked for by the client."""
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
-    a = make_cache(a_tiers, upstream, clock)
-    b = make_cache(b_tiers, upstream, clock)
-    body = ask("What does the orange widget cost?")
-    headers = {**AUTH, "x-cache-tags": "widget"}
-    refresh = {**headers, "cache-control": "no-cache"}
-    fake.hold_after = 0
-    first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=refresh)))
-    try:
+    async with two_instances(shared_redis_url, upstream, clock) as (a, b, b_l0, _):
+        body = ask("What does the orange widget cost?")
+        headers = {**AUTH, "x-cache-tags": "widget"}
+        refresh = {**headers, "cache-control": "no-cache"}
+        fake.hold_after = 0
+        first = asyncio.create_task(b.handle(LLMRequest(Route.CHAT, body, headers=refresh)))
         await wait_held(fake, 1)
         await a.invalidate_tag("widget")  # the price changed while B's answer was on its way
         await heard(b_l0, 1)
@@ -776,11 +771,6 @@ async def test_a_no_cache_answer_fetched_across_another_instances_invalidation_i
         await b.drain()
         again = await a.handle(LLMRequest(Route.CHAT, body, headers=headers))
         assert again.cache is CacheStatus.MISS, f"{again.cache} from {again.tier}"
-    finally:
-        await a.aclose()
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
 
 
 async def test_a_refresh_fetched_across_another_instances_invalidation_is_not_stored(
@@ -790,15 +780,9 @@ async def test_a_refresh_fetched_across_another_instances_invalidation_is_not_st
     upstream call is on its way when the tag is invalidated through A. The refreshed answer (as
     old as the invalidation) is stored, in Redis, and A serves it as fresh."""
     policy = {Route.CHAT: RoutePolicy(ttl=10, stale_while_revalidate=3600)}
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
-    a = make_cache(a_tiers, upstream, clock, routes=policy)
-    b = make_cache(b_tiers, upstream, clock, routes=policy)
-    body = ask("What does the grey widget cost?")
-    headers = {**AUTH, "x-cache-tags": "widget"}
-    try:
+    async with two_instances(shared_redis_url, upstream, clock, routes=policy) as (a, b, b_l0, _):
+        body = ask("What does the grey widget cost?")
+        headers = {**AUTH, "x-cache-tags": "widget"}
         assert (await b.handle(LLMRequest(Route.CHAT, body, headers=headers))).cache is (
             CacheStatus.MISS
         )
@@ -815,11 +799,6 @@ async def test_a_refresh_fetched_across_another_instances_invalidation_is_not_st
         await b.drain()
         again = await a.handle(LLMRequest(Route.CHAT, body, headers=headers))
         assert again.cache is CacheStatus.MISS, f"{again.cache} from {again.tier}"
-    finally:
-        await a.aclose()
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
 
 
 async def test_a_pending_write_does_not_undo_another_instances_invalidation(
@@ -841,31 +820,22 @@ async def test_a_pending_write_does_not_undo_another_instances_invalidation(
         await settled.wait()
 
     monkeypatch.setattr(cache_module, "_after_replies", settle_delay)
-    a_tiers, a_l0 = instance_chain(shared_redis_url, clock)
-    b_tiers, b_l0 = instance_chain(shared_redis_url, clock)
-    await a_l0.wait_subscribed()
-    await b_l0.wait_subscribed()
-    a = make_cache(a_tiers, upstream, clock)
-    b = make_cache(b_tiers, upstream, clock)
-    body = ask("What does the yellow widget cost?")
-    headers = {**AUTH, "x-cache-tags": "widget"}
-    try:
-        first = await b.handle(LLMRequest(Route.CHAT, body, headers=headers))
-        assert first.cache is CacheStatus.MISS
-        await turns()
-        assert b.pending_writes == 1  # answered, its write waiting out the delay
-        await a.invalidate_tag("widget")  # the price changed
-        await heard(b_l0, 1)  # B hears of it
-        settled.set()
-        await b.drain()
-        again = await a.handle(LLMRequest(Route.CHAT, body, headers=headers))
-        assert again.cache is CacheStatus.MISS, f"{again.cache} from {again.tier}"
-    finally:
-        settled.set()
-        await a.aclose()
-        await b.aclose()
-        await a_tiers.close()
-        await b_tiers.close()
+    async with two_instances(shared_redis_url, upstream, clock) as (a, b, b_l0, _):
+        try:
+            body = ask("What does the yellow widget cost?")
+            headers = {**AUTH, "x-cache-tags": "widget"}
+            first = await b.handle(LLMRequest(Route.CHAT, body, headers=headers))
+            assert first.cache is CacheStatus.MISS
+            await turns()
+            assert b.pending_writes == 1  # answered, its write waiting out the delay
+            await a.invalidate_tag("widget")  # the price changed
+            await heard(b_l0, 1)  # B hears of it
+            settled.set()
+            await b.drain()
+            again = await a.handle(LLMRequest(Route.CHAT, body, headers=headers))
+            assert again.cache is CacheStatus.MISS, f"{again.cache} from {again.tier}"
+        finally:
+            settled.set()  # a write still waiting would hold up closing
 
 
 # --- stale answers ---------------------------------------------------------------------------------
