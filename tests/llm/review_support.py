@@ -26,6 +26,7 @@ __all__ = [
     "KEY",
     "SYSTEM",
     "Clock",
+    "Coalescing",
     "ask",
     "clock",
     "content",
@@ -57,6 +58,35 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Coalescing:
+    """A cache observer that counts the requests which joined a call in flight (the other
+    events are not needed here)."""
+
+    def __init__(self) -> None:
+        self.joined = 0
+
+    def request_coalesced(self, route: str) -> None:
+        self.joined += 1
+
+    def request_served(self, route: str, outcome: str, tier: str | None, seconds: float) -> None:
+        pass
+
+    def tokens_saved(self, route: str, model: str | None, usage: Any) -> None:
+        pass
+
+    def upstream_usage(self, route: str, model: str | None, usage: Any) -> None:
+        pass
+
+    def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
+        pass
+
+    def verification_failed(self, tier: str, reason: str) -> None:
+        pass
+
+    def not_stored(self, route: str, reason: str) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")

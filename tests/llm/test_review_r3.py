@@ -36,6 +36,7 @@ from .review_support import (
     AUTH,
     KEY,
     Clock,
+    Coalescing,
     ask,
     clock,
     content,
@@ -497,35 +498,6 @@ async def heard(l0: Any, count: int) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError("the invalidation never reached the other instance")
-
-
-class Coalescing:
-    """A cache observer that counts the requests which joined a call in flight (the other
-    events are not needed here)."""
-
-    def __init__(self) -> None:
-        self.joined = 0
-
-    def request_coalesced(self, route: str) -> None:
-        self.joined += 1
-
-    def request_served(self, route: str, outcome: str, tier: str | None, seconds: float) -> None:
-        pass
-
-    def tokens_saved(self, route: str, model: str | None, usage: Any) -> None:
-        pass
-
-    def upstream_usage(self, route: str, model: str | None, usage: Any) -> None:
-        pass
-
-    def upstream_called(self, route: str, seconds: float, status: int | None, error: str) -> None:
-        pass
-
-    def verification_failed(self, tier: str, reason: str) -> None:
-        pass
-
-    def not_stored(self, route: str, reason: str) -> None:
-        pass
 
 
 async def joined_or_called(observer: Coalescing, fake: FakeUpstream) -> None:

@@ -64,6 +64,8 @@ class FakeUpstream:
     finish_reason: str = "stop"
     hold_after: int | None = None
     fixed_answer: str | None = None
+    refuse_keys: set[str] = field(default_factory=set)
+    """Bearer tokens answered 401, as OpenAI answers a revoked key (after the gate, if any)."""
     calls: Counter[str] = field(default_factory=Counter)
     log: list[Call] = field(default_factory=list)
     port: int = 0
@@ -101,6 +103,7 @@ class FakeUpstream:
             self.finish_reason = "stop"
             self.hold_after = None
             self.fixed_answer = None
+            self.refuse_keys = set()
             self.calls.clear()
             self.log.clear()
 
@@ -160,6 +163,18 @@ class FakeUpstream:
         serial = self._next_serial(path, body, dict(request.headers), raw)
         if self.hang:
             await self._wait_gate()
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if token in self.refuse_keys:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                status_code=401,
+            )
         if self.fail_status is not None:
             return JSONResponse(
                 {

@@ -486,6 +486,7 @@ class _Context:
     upstream_headers: Mapping[str, str]
     started: float
     semantic_text: str | None = None  # the final user turn, to index once the answer is stored
+    caller: str = ""  # the credential's own tenant id, even when entries are shared (Flight.caller)
     shadow: Candidate | None = None  # shadow mode: the answer semantic caching would have given
 
 
@@ -652,7 +653,8 @@ class LLMCache:
         self._verified = _VerifiedRecords(verified_entries, verified_bytes)
         self._flights: dict[str, Flight] = {}
         # Embedding items being fetched, with the epoch and mark their call started under.
-        self._item_flights: dict[str, tuple[asyncio.Future[_Item], int, tuple[int, ...]]] = {}
+        # storage key -> (the item's future, epoch and marks when its call began, its caller)
+        self._item_flights: dict[str, tuple[asyncio.Future[_Item], int, tuple[int, ...], str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending = PendingWrites()
         # Bumped when every invalidation starts and again when it ends: a write whose answer was
@@ -686,11 +688,13 @@ class LLMCache:
             raise RequestError("the request body must be a JSON object")
         policy = self.routes[route]
         directives, body = parse_directives(request.headers, request.body)
+        credential = _credential(request.headers)
         tenant = tenant_for(
-            _credential(request.headers),
-            secret=self._tenant_secret,
-            share_across_tenants=self._share,
+            credential, secret=self._tenant_secret, share_across_tenants=self._share
         )
+        # Who is asking, even when entries are shared: an upstream refusal of one credential is
+        # not passed to a request made with another (see _refused_another).
+        caller = tenant_for(credential, secret=self._tenant_secret) if self._share else tenant
         namespace = directives.namespace or "default"
         # TTL rules and versioned namespaces (llm.rules): both unchanged when none are configured.
         policy, version = self.rules.resolve(route, namespace, body, policy, self._version)
@@ -704,6 +708,7 @@ class LLMCache:
                 policy=policy,
                 started=started,
                 version=version,
+                caller=caller,
             )
         stream = body.get("stream") is True
         options = body.get("stream_options")
@@ -820,6 +825,7 @@ class LLMCache:
             started=started,
             semantic_text=semantic_text,
             shadow=shadow,
+            caller=caller,
         )
         return await self._miss(ctx, fallback, (fallback_read, fallback_heard))
 
@@ -1347,6 +1353,16 @@ class LLMCache:
         handed_over = False
         try:
             await flight.wait_started()
+            if outcome is CacheStatus.COALESCED and _refused_another(
+                flight.status, flight.caller, ctx.caller
+            ):
+                # The call this request joined was refused for its caller's credential: this
+                # request makes its own, with its own credential.
+                flight.unsubscribe()
+                flight = self._launch(ctx, register=False)
+                flight.subscribe()
+                outcome = CacheStatus.MISS
+                await flight.wait_started()
             if flight.failed and fallback is not None and self._still(*fallback_read):
                 return self._serve_record(
                     ctx.route,
@@ -1467,6 +1483,7 @@ class LLMCache:
         flight.generation = self._generation()  # the answer is fetched from here on
         flight.epoch = self._epoch
         flight.heard = self.tiers.mark()
+        flight.caller = ctx.caller
         flight.controls = ctx if ctx.decision.store else None
         if register:
             self._flights[storage] = flight
@@ -1761,6 +1778,7 @@ class LLMCache:
         policy: RoutePolicy,
         started: float,
         version: str,
+        caller: str,
     ) -> LLMResponse:
         route = Route.EMBEDDINGS
         model = body.get("model")
@@ -1803,18 +1821,20 @@ class LLMCache:
                 if item_result is not None:
                     results[storage] = item_result
 
-        waits: dict[str, asyncio.Future[_Item]] = {}
+        waits: dict[str, tuple[asyncio.Future[_Item], str]] = {}
         own: list[str] = []
         for storage in unique:
             if storage in results:
                 continue
             pending = self._item_flights.get(storage) if decision.lookup else None
             if pending is not None and self._joinable(pending[1], pending[2]):
-                waits[storage] = pending[0]
+                waits[storage] = (pending[0], pending[3])
             else:  # nobody fetches it, or the call began before an invalidation: see _miss
                 own.append(storage)
-        upstream_headers: Mapping[str, str] = {}
-        if own:
+
+        async def fetch(
+            storages: list[str],
+        ) -> tuple[dict[str, _Item], Mapping[str, str]] | LLMResponse:
             # In a task of its own, as a completion's flight: the requests waiting for these
             # items must not lose them when this client leaves (or its caller times out).
             fetching = asyncio.get_running_loop().create_task(
@@ -1822,27 +1842,43 @@ class LLMCache:
                     request,
                     body=body,
                     unique=unique,
-                    own=own,
+                    own=storages,
                     directives=directives,
                     policy=policy,
                     decision=decision,
                     headers=headers,
+                    caller=caller,
                 )
             )
             self._tasks.add(fetching)
             fetching.add_done_callback(self._tasks.discard)
-            fetched = await asyncio.shield(fetching)
+            return await asyncio.shield(fetching)
+
+        upstream_headers: Mapping[str, str] = {}
+        if own:
+            fetched = await fetch(own)
             if isinstance(fetched, LLMResponse):
                 self._observer.request_served(route.value, "miss", None, self._timer() - started)
                 return fetched
             results.update(fetched[0])
             upstream_headers = fetched[1]
-        for storage, future in waits.items():
+        refused: list[str] = []
+        for storage, (future, made_by) in waits.items():
             self._observer.request_coalesced(route.value)
             try:
                 results[storage] = await asyncio.shield(future)
             except _ItemFailureError as exc:
-                return exc.response
+                if not _refused_another(exc.response.status, made_by, caller):
+                    return exc.response
+                refused.append(storage)  # refused for another credential: fetched with ours
+        if refused:
+            fetched = await fetch(refused)
+            if isinstance(fetched, LLMResponse):
+                self._observer.request_served(route.value, "miss", None, self._timer() - started)
+                return fetched
+            results.update(fetched[0])
+            upstream_headers = upstream_headers or fetched[1]
+            own.extend(refused)
 
         if own:
             outcome = CacheStatus.MISS
@@ -1898,6 +1934,7 @@ class LLMCache:
         policy: RoutePolicy,
         decision: Decision,
         headers: Mapping[str, str],
+        caller: str,
     ) -> tuple[dict[str, _Item], Mapping[str, str]] | LLMResponse:
         """Fetch the items nobody has in cache or in flight, in one upstream call; store them."""
         loop = asyncio.get_running_loop()
@@ -1907,7 +1944,7 @@ class LLMCache:
         for storage in own:
             future: asyncio.Future[_Item] = loop.create_future()
             futures[storage] = future
-            self._item_flights[storage] = (future, self._epoch, heard)
+            self._item_flights[storage] = (future, self._epoch, heard, caller)
         try:
             # The client's own bytes go up when they ask for exactly these items in this order.
             everything = len(own) == len(_embedding_items(body.get("input")))
@@ -2278,6 +2315,17 @@ def _stream_error(route: Route, message: str) -> bytes:
     if route is Route.RESPONSES:
         return encode_event(dumps({"type": "error", "error": error, **error}), "error")
     return encode_event(dumps({"error": error}))
+
+
+def _refused_another(status: int | None, made_by: str, caller: str) -> bool:
+    """Whether an upstream ``status`` for a call made by ``made_by`` is no answer for ``caller``.
+
+    A 4xx may be about the credential that made the call rather than the request: a revoked key,
+    a rate limit, a spent quota, a model its organisation may not use. Only with entries shared
+    across tenants do requests with different credentials share a call (``made_by`` and
+    ``caller`` are tenant ids of the credentials); one that joined such a call makes its own.
+    """
+    return made_by != caller and status is not None and 400 <= status < 500
 
 
 def _error_response(flight: Flight, outcome: CacheStatus, key: str) -> LLMResponse | None:

@@ -45,6 +45,7 @@ class Flight:
         "_changed",
         "arrivals",
         "body",
+        "caller",
         "controls",
         "detached",
         "done",
@@ -107,6 +108,9 @@ class Flight:
         ``None`` mid-invalidation): the answer is stored only if it is unchanged."""
         self.epoch = 0
         """The cache's raw invalidation epoch when the call started: joinable while unchanged."""
+        self.caller = ""
+        """Who made the call (``LLMCache``'s unshared tenant id of its credential): with entries
+        shared across tenants, a caller with another credential does not take its 4xx."""
         self.heard: tuple[int, ...] = ()
         """Where the tiers that hear other instances' invalidations stood when the call started
         (``TierChain.mark``): the answer is stored only if none heard since concerns it, and the
