@@ -9,12 +9,13 @@ the real HTTP client against the fake OpenAI server, which refuses the keys a te
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
 from proxy.fake_upstream import FakeUpstream
-from stratacache.llm.cache import CacheStatus, LLMRequest
+from stratacache.llm.cache import CacheStatus, LLMCache, LLMRequest
 from stratacache.llm.keys import Route
 from stratacache.proxy.upstream import HTTPUpstream
 from stratacache.tiers import MemoryTier, TierChain
@@ -47,22 +48,27 @@ async def until(condition: object, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+@pytest.fixture
+async def shared(
+    upstream: HTTPUpstream, clock: Clock
+) -> AsyncIterator[tuple[LLMCache, Coalescing]]:
+    """A cache on one memory tier whose entries every credential shares, and its observer."""
+    observer = Coalescing()
+    tiers = TierChain([MemoryTier(clock=clock)], clock=clock)
+    cache = make_cache(tiers, upstream, clock, share_across_tenants=True, observer=observer)
+    yield cache, observer
+    await cache.aclose()
+
+
 def embed(*texts: str) -> dict[str, object]:
     return {"model": "text-embedding-3-small", "input": list(texts)}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 async def test_a_follower_with_another_credential_does_not_take_the_leaders_401(
-    upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream, stream: bool
+    shared: tuple[LLMCache, Coalescing], fake: FakeUpstream, stream: bool
 ) -> None:
-    observer = Coalescing()
-    cache = make_cache(
-        TierChain([MemoryTier(clock=clock)], clock=clock),
-        upstream,
-        clock,
-        share_across_tenants=True,
-        observer=observer,
-    )
+    cache, observer = shared
     body = ask("What does the red widget cost?", stream=stream)
     fake.refuse_keys = {"sk-revoked"}
     fake.hang = True
@@ -89,20 +95,12 @@ async def test_a_follower_with_another_credential_does_not_take_the_leaders_401(
         assert again.cache is CacheStatus.HIT  # shared: the answer serves every tenant
     finally:
         fake.release()
-        await cache.aclose()
 
 
 async def test_a_follower_with_the_same_credential_shares_the_refusal(
-    upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+    shared: tuple[LLMCache, Coalescing], fake: FakeUpstream
 ) -> None:
-    observer = Coalescing()
-    cache = make_cache(
-        TierChain([MemoryTier(clock=clock)], clock=clock),
-        upstream,
-        clock,
-        share_across_tenants=True,
-        observer=observer,
-    )
+    cache, observer = shared
     body = ask("What does the blue widget cost?")
     fake.refuse_keys = {"sk-revoked"}
     fake.hang = True
@@ -119,21 +117,13 @@ async def test_a_follower_with_the_same_credential_shares_the_refusal(
         assert fake.calls["/v1/chat/completions"] == 1
     finally:
         fake.release()
-        await cache.aclose()
 
 
 async def test_a_server_error_is_shared_whatever_the_credential(
-    upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+    shared: tuple[LLMCache, Coalescing], fake: FakeUpstream
 ) -> None:
     # A 5xx is the upstream's trouble, not the caller's: asking again at once would only add load.
-    observer = Coalescing()
-    cache = make_cache(
-        TierChain([MemoryTier(clock=clock)], clock=clock),
-        upstream,
-        clock,
-        share_across_tenants=True,
-        observer=observer,
-    )
+    cache, observer = shared
     body = ask("What does the green widget cost?")
     fake.fail_status = 503
     fake.hang = True
@@ -148,20 +138,12 @@ async def test_a_server_error_is_shared_whatever_the_credential(
         assert fake.calls["/v1/chat/completions"] == 1
     finally:
         fake.release()
-        await cache.aclose()
 
 
 async def test_an_embeddings_follower_with_another_credential_fetches_its_items_itself(
-    upstream: HTTPUpstream, clock: Clock, fake: FakeUpstream
+    shared: tuple[LLMCache, Coalescing], fake: FakeUpstream
 ) -> None:
-    observer = Coalescing()
-    cache = make_cache(
-        TierChain([MemoryTier(clock=clock)], clock=clock),
-        upstream,
-        clock,
-        share_across_tenants=True,
-        observer=observer,
-    )
+    cache, _ = shared
     fake.refuse_keys = {"sk-revoked"}
     fake.hang = True
     try:
@@ -190,4 +172,3 @@ async def test_an_embeddings_follower_with_another_credential_fetches_its_items_
         )
     finally:
         fake.release()
-        await cache.aclose()

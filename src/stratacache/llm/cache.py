@@ -1832,11 +1832,12 @@ class LLMCache:
             else:  # nobody fetches it, or the call began before an invalidation: see _miss
                 own.append(storage)
 
-        async def fetch(
-            storages: list[str],
-        ) -> tuple[dict[str, _Item], Mapping[str, str]] | LLMResponse:
-            # In a task of its own, as a completion's flight: the requests waiting for these
-            # items must not lose them when this client leaves (or its caller times out).
+        async def fetch(storages: list[str]) -> Mapping[str, str] | LLMResponse:
+            """Fetch ``storages`` into ``results``; the upstream's headers, or the answer to give.
+
+            In a task of its own, as a completion's flight: the requests waiting for these
+            items must not lose them when this client leaves (or its caller times out).
+            """
             fetching = asyncio.get_running_loop().create_task(
                 self._fetch_items(
                     request,
@@ -1852,16 +1853,19 @@ class LLMCache:
             )
             self._tasks.add(fetching)
             fetching.add_done_callback(self._tasks.discard)
-            return await asyncio.shield(fetching)
-
-        upstream_headers: Mapping[str, str] = {}
-        if own:
-            fetched = await fetch(own)
+            fetched = await asyncio.shield(fetching)
             if isinstance(fetched, LLMResponse):
                 self._observer.request_served(route.value, "miss", None, self._timer() - started)
                 return fetched
             results.update(fetched[0])
-            upstream_headers = fetched[1]
+            return fetched[1]
+
+        upstream_headers: Mapping[str, str] = {}
+        if own:
+            headers_or_error = await fetch(own)
+            if isinstance(headers_or_error, LLMResponse):
+                return headers_or_error
+            upstream_headers = headers_or_error
         refused: list[str] = []
         for storage, (future, made_by) in waits.items():
             self._observer.request_coalesced(route.value)
@@ -1872,12 +1876,10 @@ class LLMCache:
                     return exc.response
                 refused.append(storage)  # refused for another credential: fetched with ours
         if refused:
-            fetched = await fetch(refused)
-            if isinstance(fetched, LLMResponse):
-                self._observer.request_served(route.value, "miss", None, self._timer() - started)
-                return fetched
-            results.update(fetched[0])
-            upstream_headers = upstream_headers or fetched[1]
+            headers_or_error = await fetch(refused)
+            if isinstance(headers_or_error, LLMResponse):
+                return headers_or_error
+            upstream_headers = upstream_headers or headers_or_error
             own.extend(refused)
 
         if own:
