@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,63 +81,82 @@ def _free_port() -> int:
         return port
 
 
-def test_serve_starts_with_nothing_but_a_data_dir(fake: FakeUpstream, tmp_path: Path) -> None:
+class Served:
+    """A ``strata serve`` subprocess: its port and, once stopped, its output and exit code."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.output = ""  # stdout and stderr (uvicorn logs access lines to stdout)
+        self.returncode: int | None = None
+
+
+@contextlib.contextmanager
+def strata_serve(upstream: str, data_dir: Path, *flags: str) -> Iterator[Served]:
+    """Run ``strata serve`` in a subprocess until the block ends, then stop it with SIGINT."""
     # No Redis, no database server, no API key in the environment: only the embedded store.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "STRATA_"))}
-    port = _free_port()
+    served = Served(_free_port())
+    argv = ["serve", "--port", str(served.port), "--upstream", upstream, "--data-dir"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stratacache.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--upstream",
-            fake.base_url,
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", "stratacache.cli", *argv, str(data_dir), *flags],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
         while True:  # wait for the server to come up (an event, polled)
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{served.port}/healthz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
             assert time.monotonic() < deadline, "strata serve did not start"
             time.sleep(0.05)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-cli", max_retries=0)
-        request = {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "cli"}],
-            "temperature": 0,
-        }
-        first = client.chat.completions.with_raw_response.create(**request)  # type: ignore[call-overload]
-        second = client.chat.completions.with_raw_response.create(**request)  # type: ignore[call-overload]
-        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
-        assert "server" not in second.headers
+        yield served
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=15)
+            served.output, _ = process.communicate(timeout=15)
         finally:
             if process.poll() is None:
                 process.kill()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    stream.close()
-    assert process.returncode == 0
+                process.communicate()
+        served.returncode = process.returncode
+
+
+def ask(port: int, text: str) -> str:
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-cli", max_retries=0)
+    request = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": text}],
+        "temperature": 0,
+    }
+    response = client.chat.completions.with_raw_response.create(**request)  # type: ignore[call-overload]
+    assert "server" not in response.headers
+    cache: str = response.headers["x-cache"]
+    return cache
+
+
+def test_serve_starts_with_nothing_but_a_data_dir(fake: FakeUpstream, tmp_path: Path) -> None:
+    with strata_serve(fake.base_url, tmp_path / "data", "--log-level", "warning") as served:
+        assert (ask(served.port, "cli"), ask(served.port, "cli")) == ("MISS", "HIT")
+    assert served.returncode == 0
     assert (tmp_path / "data" / "cache.db").exists()
     assert (tmp_path / "data" / "signing.key").exists()
+
+
+@pytest.mark.parametrize("flags", [(), ("--access-log",)], ids=["default", "access-log"])
+def test_a_line_per_request_is_logged_only_when_asked(
+    fake: FakeUpstream, tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    with strata_serve(fake.base_url, tmp_path / "data", *flags) as served:
+        assert ask(served.port, "logged?") == "MISS"
+    assert served.returncode == 0
+    assert "strata: caching" in served.output  # the start line, at the default level (info)
+    assert ('"POST /v1/chat/completions HTTP/1.1" 200' in served.output) == bool(flags)
 
 
 def test_demo_runs_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -73,6 +73,11 @@ def cli() -> None:
     help="Only observe would-be semantic hits (see /stats for a recommended threshold).",
 )
 @click.option("--log-level", default=None, help="critical, error, warning, info or debug.")
+@click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    help="Log a line per request (at info).  [default: off]",
+)
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as JSON and exit.")
 def serve(
     *,
@@ -87,6 +92,7 @@ def serve(
     semantic: bool | None,
     semantic_shadow: bool | None,
     log_level: str | None,
+    access_log: bool | None,
     print_config: bool,
 ) -> None:
     """Run the caching proxy (OpenAI-compatible; point OPENAI_BASE_URL at it).
@@ -108,6 +114,7 @@ def serve(
         "semantic": semantic,
         "semantic_shadow": semantic_shadow,
         "log_level": log_level,
+        "access_log": access_log,
     }
     try:
         settings = Settings.load(config_file=config_file, env=os.environ, overrides=overrides)
@@ -168,7 +175,7 @@ def _serve(settings: Any) -> None:  # pragma: no cover - exercised in a subproce
         lifespan="on",
         log_level=settings.log_level,
         # Below info uvicorn would still format every access line and then drop it.
-        access_log=settings.log_level in ("trace", "debug", "info"),
+        access_log=settings.access_log and settings.log_level in ("trace", "debug", "info"),
         server_header=False,
     )
 
