@@ -554,8 +554,8 @@ normalised. Queries are half near-duplicates of stored entries (cosine about 0.9
 case) and half fresh vectors (a miss). Both indexes are filled with `add_many` (the bulk path);
 "add one by one" is `USearchIndex.add` on the first 2,000. Recall@4 compares the USearchIndex's
 4 ids with the ExactIndex's (numpy brute force) on the same entries in the same run. Graph
-settings: {settings} (an f16 graph re-scores its candidates against float32 copies, so the scores
-are exact); the "expansion_search N" rows search the same graph with another beam. The lookup
+settings: {settings} (an i8 or f16 graph re-scores its candidates against float32 copies, so the
+scores are exact); the "expansion_search N" rows search the same graph with another beam. The lookup
 rows run `SemanticCache.lookup` over the same USearchIndex with the packaged MiniLM: "embedding
 excluded" has the query's vector in the embedding cache, "embedding included" embeds a text never
 seen (the full miss path, embedding off the event loop).
@@ -580,7 +580,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connectivity", type=int, default=16)
     parser.add_argument("--expansion-add", type=int, default=128)
     parser.add_argument("--expansion-search", type=int, default=32)
-    parser.add_argument("--dtype", choices=("f32", "f16"), default="f16")
+    parser.add_argument("--dtype", choices=("f32", "f16", "i8"), default="i8")
     parser.add_argument(
         "--beams",
         type=lambda text: [int(x) for x in text.split(",") if x],

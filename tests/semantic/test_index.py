@@ -279,13 +279,17 @@ def test_a_bulk_added_partition_moves_into_a_graph(clock: FakeClock) -> None:
         assert match.score == pytest.approx(1.0, abs=1e-6)
 
 
-def test_a_half_precision_graph_reports_exact_scores(clock: FakeClock, tmp_path: Path) -> None:
-    """The f16 graph only finds the candidates; their scores and saved vectors are float32."""
+@pytest.mark.parametrize("dtype", ["i8", "f16"])
+def test_a_quantised_graph_reports_exact_scores(
+    clock: FakeClock, tmp_path: Path, dtype: str
+) -> None:
+    """The int8 or f16 graph only finds the candidates; their scores and saved vectors are
+    float32."""
     pytest.importorskip("usearch")
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((40, DIMENSION)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = USearchIndex(DIMENSION, clock=clock, exact_below=0, dtype="f16", threads=1)
+    index = USearchIndex(DIMENSION, clock=clock, exact_below=0, dtype=dtype, threads=1)
     index.add_many("p", [f"k{i}" for i in range(40)], vectors)
     index.add("p", "late", vectors[0] + 1e-3)  # one by one too
     query = vectors[3] + 0.05 * rng.standard_normal(DIMENSION).astype(np.float32)
@@ -302,16 +306,19 @@ def test_a_half_precision_graph_reports_exact_scores(clock: FakeClock, tmp_path:
     loaded = USearchIndex.load(tmp_path / "v", clock=clock)
     again = loaded.search("p", vectors[7], 1)
     assert again[0].id == "k7"
-    assert again[0].score == pytest.approx(1.0, abs=1e-6)  # not rounded through float16
+    assert again[0].score == pytest.approx(1.0, abs=1e-6)  # not rounded through the graph
 
 
-def test_a_half_precision_graph_scores_within_1e_3(clock: FakeClock, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["i8", "f16"])
+def test_a_quantised_graph_finds_what_exact_search_finds(
+    clock: FakeClock, tmp_path: Path, dtype: str
+) -> None:
     pytest.importorskip("usearch")
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((50, DIMENSION)).astype(np.float32)
     # One build thread: a multi-threaded build inserts in a racy order, so the (approximate) graph
     # and its search results would differ from run to run.
-    index = USearchIndex(DIMENSION, clock=clock, exact_below=0, dtype="f16", threads=1)
+    index = USearchIndex(DIMENSION, clock=clock, exact_below=0, dtype=dtype, threads=1)
     index.add_many("p", [f"k{i}" for i in range(50)], vectors)
     exact = ExactIndex(DIMENSION, clock=clock)
     exact.add_many("p", [f"k{i}" for i in range(50)], vectors)

@@ -168,9 +168,10 @@ class _ExactShard:
 class _USearchShard:
     """One usearch HNSW graph over inner product (= cosine on unit vectors).
 
-    With a half-precision graph, the float32 vectors are also kept in an :class:`_ExactShard`:
-    the graph walk (most of a search) reads half the bytes, and the few candidates it returns are
-    re-scored exactly, so scores, thresholds and saved files stay float32-exact.
+    With an int8 or half-precision graph, the float32 vectors are also kept in an
+    :class:`_ExactShard`: the graph walk (most of a search) reads a quarter or half of the bytes,
+    and the few candidates it returns are re-scored exactly, so scores, thresholds and saved files
+    stay float32-exact.
     """
 
     def __init__(self, dimension: int, settings: _GraphSettings) -> None:
@@ -184,7 +185,10 @@ class _USearchShard:
         self._exact = _ExactShard(dimension) if settings.dtype != "f32" else None
         self._index = Index(
             ndim=dimension,
-            metric="ip",
+            # Vectors are unit length, so inner product is cosine; an int8 graph needs usearch's
+            # cosine, which undoes the quantisation's scale (recall@4 0.906 against 0.899 for
+            # inner product on int8, 0.907 on f16, at 50k synthetic entries).
+            metric="cos" if settings.dtype == "i8" else "ip",
             dtype=settings.dtype,
             connectivity=settings.connectivity,
             expansion_add=settings.expansion_add,
@@ -230,8 +234,9 @@ class _USearchShard:
             # the exact scan of the float32 copy is as fast and finds a node the graph linked
             # badly (seen with usearch's multi-threaded bulk insert into a 40-node graph).
             return self._exact.search(vector, k)
-        # A half-precision graph ranks by rounded scores: two entries within ~1e-3 of each other
-        # may swap, so it is asked for a few more than k and the exact re-score picks the k.
+        # A quantised graph ranks by rounded scores: two entries within ~1e-3 (f16) or ~1e-2 (i8)
+        # of each other may swap, so it is asked for a few more than k and the exact re-score
+        # picks the k.
         count = k if self._exact is None else min(len(self._index), k + max(k, 4))
         if self._compiled_search is not None:
             # (keys, distances, counts, visited nodes, computed distances)
@@ -664,10 +669,12 @@ class USearchIndex(_ShardedIndex):
         many, then moved into a graph (0: a graph from the first entry).
     :param threads: native threads for bulk inserts (:meth:`add_many`, :meth:`load`; 0: one per
         core).
-    :param dtype: how a graph stores vectors: ``"f16"`` (the default: the graph walk reads half
-        the bytes, about twice as fast as ``"f32"`` at the same recall; the candidates it finds
-        are re-scored against a float32 copy, so scores and saved vectors stay exact, for about
-        750 more bytes per entry than ``"f32"``) or ``"f32"`` (one float32 copy, in the graph).
+    :param dtype: how a graph stores vectors: ``"i8"`` (the default: the graph walk reads a
+        quarter of the bytes; the candidates it finds are re-scored against a float32 copy, so
+        scores and saved vectors stay exact, for about 380 more bytes per entry than ``"f32"``),
+        ``"f16"`` (half the bytes, 750 more per entry) or ``"f32"`` (one float32 copy, in the
+        graph). At 1M synthetic entries, int8 searched at the recall of f16 with a 12 % lower
+        median and a p99 of 0.86 ms against 1.9 ms (one run, same machine, alternating queries).
     :raises MissingExtraError: usearch is not installed.
     """
 
@@ -683,7 +690,7 @@ class USearchIndex(_ShardedIndex):
         expansion_search: int = 32,
         exact_below: int = 256,
         threads: int = 0,
-        dtype: str = "f16",
+        dtype: str = "i8",
     ) -> None:
         super().__init__(dimension, clock=clock)
         try:
@@ -700,8 +707,8 @@ class USearchIndex(_ShardedIndex):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, not {value!r}")
-        if dtype not in {"f32", "f16"}:
-            raise ConfigError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
+        if dtype not in {"f32", "f16", "i8"}:
+            raise ConfigError(f"dtype must be 'f32', 'f16' or 'i8', not {dtype!r}")
         self._settings = _GraphSettings(
             connectivity, expansion_add, expansion_search, threads, dtype
         )
