@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from stratacache.engine import RemovalCause, Store, default_weigher
+from stratacache.errors import InvalidKeyError
 
 from .conftest import Evictions, FakeClock, check_consistent
 
@@ -70,6 +71,26 @@ def test_ttl_counts_down_exactly(clock: FakeClock) -> None:
     clock.now = 1100.0
     with pytest.raises(KeyError):
         store.ttl("a")
+
+
+def test_ttl_reclaims_an_expired_entry_and_names_the_key(clock: FakeClock) -> None:
+    evictions = Evictions()
+    store = Store(clock=clock, on_evict=evictions)
+    store.set(b"k", b"v", ttl=5)
+    store.set(7, "never")
+    assert store.ttl(7) is None
+    clock.advance(5)
+    with pytest.raises(KeyError) as raised:
+        store.ttl(b"k")
+    assert raised.value.args == (b"k",)
+    assert store.stats().expirations == 1
+    assert len(store) == 1
+    assert evictions.count(RemovalCause.EXPIRED) == 1
+    with pytest.raises(KeyError):
+        store.ttl("absent")
+    with pytest.raises(InvalidKeyError):
+        store.ttl([1, 2])  # type: ignore[arg-type]
+    check_consistent(store, default_weigher)
 
 
 def test_a_fractional_ttl(clock: FakeClock) -> None:

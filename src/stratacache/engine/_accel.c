@@ -1999,6 +1999,71 @@ ReadPath_dealloc(ReadPathObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Store.ttl, compiled: seconds until ``key`` expires, None if never, KeyError if absent or
+ * expired (an expired entry is reclaimed on the way, as Store._live does). Store._find's test:
+ * an entry expires when the clock reaches its deadline. */
+static PyObject *
+ReadPath_ttl(ReadPathObject *self, PyObject *key)
+{
+    PolicyObject *policy = self->policy;
+    for (;;) {
+        PyObject *found = PyDict_GetItemWithError(policy->data, key); /* borrowed */
+        if (found == NULL) {
+            if (PyErr_Occurred()) {
+                if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                    PyErr_Clear();
+                    PyErr_Format(self->invalid_key, "unhashable key of type %.100s",
+                                 Py_TYPE(key)->tp_name);
+                }
+                return NULL;
+            }
+            break;
+        }
+        if (!Py_IS_TYPE(found, &EntryType)) {
+            PyErr_SetString(PyExc_SystemError, "stratacache: foreign object in the store's table");
+            return NULL;
+        }
+        EntryObject *entry = (EntryObject *)Py_NewRef(found);
+        double expires = EXPIRES(entry);
+        if (expires == 0.0) {
+            Py_DECREF(entry);
+            Py_RETURN_NONE;
+        }
+        PyObject *now_obj = PyObject_CallNoArgs(self->clock);
+        double now = now_obj == NULL ? -1.0 : PyFloat_AsDouble(now_obj);
+        Py_XDECREF(now_obj);
+        if (now == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(entry);
+            return NULL;
+        }
+        if (expires <= now) {
+            PyObject *r = PyObject_CallOneArg(self->on_expired, (PyObject *)entry);
+            Py_DECREF(entry);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+            break;
+        }
+        /* The clock may have run Python code: look again if the entry went meanwhile. */
+        int gone = QUEUE(entry) == Q_REMOVED;
+        Py_DECREF(entry);
+        if (!gone)
+            return PyFloat_FromDouble(expires - now);
+    }
+    PyObject *args = PyTuple_Pack(1, key); /* KeyError(key), even for a tuple key */
+    if (args != NULL) {
+        PyErr_SetObject(PyExc_KeyError, args);
+        Py_DECREF(args);
+    }
+    return NULL;
+}
+
+static PyMethodDef ReadPath_methods[] = {
+    {"ttl", (PyCFunction)ReadPath_ttl, METH_O,
+     "Store.ttl, compiled: seconds until key expires, None if never; KeyError if absent."},
+    {NULL}
+};
+
 static PyMemberDef ReadPath_members[] = {
     {"misses", T_PYSSIZET, offsetof(ReadPathObject, misses), READONLY, "lookups that missed"},
     {NULL}
@@ -2017,6 +2082,7 @@ static PyTypeObject ReadPathType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(ReadPathObject, vectorcall),
     .tp_members = ReadPath_members,
+    .tp_methods = ReadPath_methods,
 };
 
 /* -------------------------------------------------------------------------------- WritePath */

@@ -230,6 +230,8 @@ class Store:
             # A subclass that overrides get or set keeps its own (which may call these).
             if type(self).get is Store.get:
                 self.__dict__["get"] = self._read_path
+            if type(self).ttl is Store.ttl:
+                self.__dict__["ttl"] = self._read_path.ttl
             if type(self).set is Store.set:
                 self.__dict__["set"] = _accel.WritePath(
                     policy=self._policy,
