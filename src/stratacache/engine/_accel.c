@@ -1844,28 +1844,38 @@ typedef struct {
     Py_ssize_t misses;
 } ReadPathObject;
 
-static PyObject *
-readpath_get(ReadPathObject *self, PyObject *key, PyObject *deflt)
+/* The entry under ``key`` (borrowed), or NULL: absent (no exception set) or an error (set; an
+ * unhashable key becomes the store's InvalidKeyError, as Store._find raises it). */
+static inline EntryObject *
+readpath_find(ReadPathObject *self, PyObject *key)
 {
-    PolicyObject *policy = self->policy;
-    PyObject *found = PyDict_GetItemWithError(policy->data, key); /* borrowed */
+    PyObject *found = PyDict_GetItemWithError(self->policy->data, key); /* borrowed */
     if (found == NULL) {
-        if (PyErr_Occurred()) {
-            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-                PyErr_Clear();
-                PyErr_Format(self->invalid_key, "unhashable key of type %.100s",
-                             Py_TYPE(key)->tp_name);
-            }
-            return NULL;
+        if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(self->invalid_key, "unhashable key of type %.100s",
+                         Py_TYPE(key)->tp_name);
         }
-        self->misses++;
-        return Py_NewRef(deflt);
+        return NULL;
     }
     if (!Py_IS_TYPE(found, &EntryType)) {
         PyErr_SetString(PyExc_SystemError, "stratacache: foreign object in the store's table");
         return NULL;
     }
-    EntryObject *entry = (EntryObject *)found;
+    return (EntryObject *)found;
+}
+
+static PyObject *
+readpath_get(ReadPathObject *self, PyObject *key, PyObject *deflt)
+{
+    PolicyObject *policy = self->policy;
+    EntryObject *entry = readpath_find(self, key);
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        self->misses++;
+        return Py_NewRef(deflt);
+    }
     if (TIMER(entry) != NULL && EXPIRES(entry) != 0.0) {
         Py_INCREF(entry);
         PyObject *now_obj = PyObject_CallNoArgs(self->clock);
@@ -2005,25 +2015,14 @@ ReadPath_dealloc(ReadPathObject *self)
 static PyObject *
 ReadPath_ttl(ReadPathObject *self, PyObject *key)
 {
-    PolicyObject *policy = self->policy;
     for (;;) {
-        PyObject *found = PyDict_GetItemWithError(policy->data, key); /* borrowed */
-        if (found == NULL) {
-            if (PyErr_Occurred()) {
-                if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-                    PyErr_Clear();
-                    PyErr_Format(self->invalid_key, "unhashable key of type %.100s",
-                                 Py_TYPE(key)->tp_name);
-                }
+        EntryObject *entry = readpath_find(self, key);
+        if (entry == NULL) {
+            if (PyErr_Occurred())
                 return NULL;
-            }
             break;
         }
-        if (!Py_IS_TYPE(found, &EntryType)) {
-            PyErr_SetString(PyExc_SystemError, "stratacache: foreign object in the store's table");
-            return NULL;
-        }
-        EntryObject *entry = (EntryObject *)Py_NewRef(found);
+        Py_INCREF(entry);
         double expires = EXPIRES(entry);
         if (expires == 0.0) {
             Py_DECREF(entry);
