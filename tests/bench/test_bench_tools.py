@@ -308,3 +308,15 @@ def test_engine_memory_meters_a_structure_without_evicting(structure: str) -> No
     footprint = engine_memory.measure(structure, "tracemalloc", 2000, "bytes")
     assert footprint.length == 2000  # bounded at exactly the entry count: nothing evicted
     assert footprint.bytes > 0
+
+
+def test_wakeup_measures_every_operation_after_every_sleep(tmp_path: Path) -> None:
+    import wakeup
+
+    assert wakeup.main(["--samples", "2", "--markdown", str(tmp_path / "w.md")]) == 0
+    text = (tmp_path / "w.md").read_text(encoding="utf-8")
+    for operation in ("getpid", "pread 4 KiB", "sqlite SELECT (miss)", "python work"):
+        assert f"| {operation} |" in text
+    rows = wakeup.run(2)
+    assert [row["operation"] for row in rows][2] == "sqlite SELECT (miss)"
+    assert all(float(str(row["penalty after 50 ms"])) > 0 for row in rows)
