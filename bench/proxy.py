@@ -46,6 +46,11 @@ Run it from the repository root (about 2 minutes)::
 
     .venv/bin/python bench/proxy.py --markdown bench/results/proxy.md --json bench/results/proxy.json
 
+and with an upstream that answers at once (``bench/results/proxy_upstream0.md``)::
+
+    .venv/bin/python bench/proxy.py --no-litellm --upstream-latency-ms 0 \\
+        --markdown bench/results/proxy_upstream0.md --json bench/results/proxy_upstream0.json
+
 The numbers only mean something on a quiet machine: the load generator, the upstream and the
 proxy share its cores.
 """
