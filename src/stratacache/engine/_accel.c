@@ -1844,6 +1844,18 @@ typedef struct {
     Py_ssize_t misses;
 } ReadPathObject;
 
+/* The store's clock, in seconds; -1.0 with an exception set if it failed. */
+static double
+read_clock(PyObject *clock)
+{
+    PyObject *now_obj = PyObject_CallNoArgs(clock);
+    if (now_obj == NULL)
+        return -1.0;
+    double now = PyFloat_AsDouble(now_obj);
+    Py_DECREF(now_obj);
+    return now;
+}
+
 /* The entry under ``key`` (borrowed), or NULL: absent (no exception set) or an error (set; an
  * unhashable key becomes the store's InvalidKeyError, as Store._find raises it). */
 static inline EntryObject *
@@ -1878,9 +1890,7 @@ readpath_get(ReadPathObject *self, PyObject *key, PyObject *deflt)
     }
     if (TIMER(entry) != NULL && EXPIRES(entry) != 0.0) {
         Py_INCREF(entry);
-        PyObject *now_obj = PyObject_CallNoArgs(self->clock);
-        double now = now_obj == NULL ? -1.0 : PyFloat_AsDouble(now_obj);
-        Py_XDECREF(now_obj);
+        double now = read_clock(self->clock);
         if (now == -1.0 && PyErr_Occurred()) {
             Py_DECREF(entry);
             return NULL;
@@ -2028,9 +2038,7 @@ ReadPath_ttl(ReadPathObject *self, PyObject *key)
             Py_DECREF(entry);
             Py_RETURN_NONE;
         }
-        PyObject *now_obj = PyObject_CallNoArgs(self->clock);
-        double now = now_obj == NULL ? -1.0 : PyFloat_AsDouble(now_obj);
-        Py_XDECREF(now_obj);
+        double now = read_clock(self->clock);
         if (now == -1.0 && PyErr_Occurred()) {
             Py_DECREF(entry);
             return NULL;
@@ -2115,17 +2123,6 @@ inline_size(PyObject *o)
         return (long long)t->tp_basicsize + (long long)(digits ? digits : 1) * t->tp_itemsize;
     }
     return -1;
-}
-
-static double
-read_clock(PyObject *clock)
-{
-    PyObject *now_obj = PyObject_CallNoArgs(clock);
-    if (now_obj == NULL)
-        return -1.0;
-    double now = PyFloat_AsDouble(now_obj);
-    Py_DECREF(now_obj);
-    return now;
 }
 
 static PyObject *
