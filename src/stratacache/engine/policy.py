@@ -342,8 +342,8 @@ class Policy:
             # evidence that the residents are worth more than the newcomers, and refusing them all
             # keeps whatever came first. Recency is then the only signal, so admit as LRU would.
             # On backf (a back-and-forth sweep over 3x the cache) the first turn's hits were all
-            # LRU's: 2.70 points under it, now 0.52-0.93 over seeds 1-5. The bound ends it for a
-            # loop longer than the cache, which never hits under LRU (scan: 45.1 -> ~44 %).
+            # LRU's: 2.70 points under it, now 0.52-0.93 under it over seeds 1-5. The bound ends it
+            # for a loop longer than the cache, which never hits under LRU (scan: 45.1 -> 43.4 %).
             return True
         frequency = self._sketch.frequency
         candidate_freq = frequency(hash(candidate.key))

@@ -166,7 +166,7 @@ class _ExactShard:
 
 
 class _USearchShard:
-    """One usearch HNSW graph over inner product (= cosine on unit vectors).
+    """One usearch HNSW graph over cosine similarity (inner product on our unit vectors).
 
     With an int8 or half-precision graph, the float32 vectors are also kept in an
     :class:`_ExactShard`: the graph walk (most of a search) reads a quarter or half of the bytes,
