@@ -9,7 +9,7 @@ the real HTTP client against the fake OpenAI server, which refuses the keys a te
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -39,10 +39,10 @@ REVOKED = {"authorization": "Bearer sk-revoked"}
 VALID = {"authorization": "Bearer sk-valid"}
 
 
-async def until(condition: object, what: str) -> None:
+async def until(condition: Callable[[], bool], what: str) -> None:
     """Wait (polled: the fake runs in another thread) until ``condition()`` is true."""
     for _ in range(5000):
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         await asyncio.sleep(0.001)
     raise AssertionError(f"never happened: {what}")
